@@ -1,0 +1,15 @@
+"""`stealkit` command line. Each command group lives in its own module and registers on `app`."""
+
+import importlib
+
+from stealkit.cli.app import app
+
+# One module per group of commands; each decorates functions with @app.command / adds sub-apps.
+for _module in ("data_cmds", "train_cmds", "steal_cmds", "serve_cmds", "verify_cmds"):
+    try:
+        importlib.import_module(f"stealkit.cli.{_module}")
+    except ModuleNotFoundError as exc:  # a group not written yet; anything else must fail loudly
+        if exc.name != f"stealkit.cli.{_module}":
+            raise
+
+__all__ = ["app"]

@@ -1,0 +1,101 @@
+"""Encoder: raw images in, feature vectors out; it owns its preprocessing.
+
+Every consumer (pre-training, target, probes, server) feeds the same raw images: uint8 in
+[0, 255] or float in [0, 1], N×3×H×W. The encoder resizes to `input_size` if needed, normalises
+with its own mean/std and returns N×D features (D = `feature_dim`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from stealkit.models.architectures import build_backbone
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class EncoderSpec:
+    """Everything needed to rebuild an encoder (stored in the checkpoint's JSON sidecar)."""
+
+    arch: str = "resnet18"
+    input_size: int = 32
+    cifar_stem: bool = True
+    mean: tuple[float, float, float] = CIFAR10_MEAN
+    std: tuple[float, float, float] = CIFAR10_STD
+    feature_dim: int | None = None  # filled in by the builder
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderSpec":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown encoder spec keys {sorted(unknown)}")
+        known["mean"], known["std"] = tuple(known.get("mean", CIFAR10_MEAN)), tuple(known.get("std", CIFAR10_STD))
+        return cls(**known)
+
+
+class Encoder(nn.Module):
+    """images (uint8 or float in [0,1], N×3×H×W) -> features N×D."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.backbone, dim = build_backbone(spec.arch, spec.cifar_stem)
+        if spec.feature_dim not in (None, dim):
+            raise ValueError(f"{spec.arch} has feature dimension {dim}, spec says {spec.feature_dim}")
+        spec.feature_dim = dim
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.spec.feature_dim)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0,1] float N×3×H×W -> normalised float N×3×S×S (S = input_size)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images N×3×H×W, got shape {tuple(images.shape)}")
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        s = self.spec.input_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.preprocess(images))
+
+
+def build_encoder(arch: str = "resnet18", input_size: int = 32, cifar_stem: bool | None = None, **kw) -> Encoder:
+    """Registry entry point: `build_encoder("resnet34")`. cifar_stem defaults to input_size <= 64."""
+    if cifar_stem is None:
+        cifar_stem = input_size <= 64
+    return Encoder(EncoderSpec(arch=arch, input_size=input_size, cifar_stem=cifar_stem, **kw))
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
+    """Features of a uint8 image tensor, in eval mode, batch by batch -> float32 N×D on CPU."""
+    from stealkit.runtime import autocast
+
+    device = device or next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        with autocast(device):
+            out.append(encoder(x).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "feature_dim", 0))

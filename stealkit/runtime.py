@@ -1,0 +1,70 @@
+"""Device choice, seeding and the environment record stored with every result."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`name` ("cpu", "cuda", "cuda:1", "auto"/None) -> a torch.device that exists here."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU generator for explicit draws."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op on CPU (bf16 matmuls on CPU are slower, not faster)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def environment() -> dict:
+    """Versions and device, written beside every checkpoint and result."""
+    import stealkit
+
+    env = {
+        "stealkit": stealkit.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+    }
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import kornia
+
+        env["kornia"] = kornia.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return env
+
+
+def set_threads(n: int | None = None) -> None:
+    """Use all cores for intra-op work on CPU (CI has 2)."""
+    torch.set_num_threads(n or max(1, os.cpu_count() or 1))
