@@ -28,7 +28,8 @@ class EncoderSpec:
     cifar_stem: bool = True
     mean: tuple[float, float, float] = CIFAR10_MEAN
     std: tuple[float, float, float] = CIFAR10_STD
-    feature_dim: int | None = None  # filled in by the builder
+    feature_dim: int | None = None  # filled in by the builder: out_dim if set, else the backbone's
+    out_dim: int | None = None  # a linear head maps the backbone's features to out_dim (e.g. to match a target)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -52,6 +53,10 @@ class Encoder(nn.Module):
     def __init__(self, spec: EncoderSpec):
         super().__init__()
         self.backbone, dim = build_backbone(spec.arch, spec.cifar_stem)
+        self.head = nn.Identity()
+        if spec.out_dim is not None and spec.out_dim != dim:
+            self.head = nn.Linear(dim, spec.out_dim)
+            dim = spec.out_dim
         if spec.feature_dim not in (None, dim):
             raise ValueError(f"{spec.arch} has feature dimension {dim}, spec says {spec.feature_dim}")
         spec.feature_dim = dim
@@ -74,7 +79,7 @@ class Encoder(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.preprocess(images))
+        return self.head(self.backbone(self.preprocess(images)))
 
 
 def build_encoder(arch: str = "resnet18", input_size: int = 32, cifar_stem: bool | None = None, **kw) -> Encoder:

@@ -1,0 +1,156 @@
+"""Contrastive pre-training of a victim encoder: SimCLR (NT-Xent) or MoCo v2 (momentum encoder + queue).
+
+Fast path (DESIGN.md): the uint8 image set stays on the device, both views of every image are
+augmented once per epoch for the whole set with per-sample random draws (kornia), bf16 autocast and
+channels_last on CUDA, fused Adam, optional torch.compile. Resumable: state every
+`checkpoint_every` epochs; a restart continues from the last saved epoch with identical results.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from stealkit.augment import Augmenter
+from stealkit.losses import moco_infonce, nt_xent
+from stealkit.models.encoder import Encoder, build_encoder, embed
+from stealkit.pretrain.config import PretrainConfig
+from stealkit.pretrain.heads import projection_head
+from stealkit.runtime import autocast, pick_device, seed_everything
+from stealkit.training import TrainState, epoch_generator, make_optimizer, prepare_model, seed_epoch
+
+
+class SimCLRModel(nn.Module):
+    def __init__(self, encoder: Encoder, cfg: PretrainConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.head = projection_head(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.temperature = cfg.temperature
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        z = self.head(self.encoder(torch.cat([v1, v2])))
+        z1, z2 = z.float().chunk(2)
+        return nt_xent(z1, z2, self.temperature)
+
+
+class MoCoModel(nn.Module):
+    """Query encoder+head trained by gradient; key encoder+head an EMA of them; a K×proj_dim queue."""
+
+    def __init__(self, encoder: Encoder, cfg: PretrainConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.head = projection_head(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.m, self.temperature = cfg.moco_momentum, cfg.temperature
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.register_buffer("queue", nn.functional.normalize(torch.randn(cfg.moco_queue, cfg.proj_dim, generator=g), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        online = list(self.encoder.parameters()) + list(self.head.parameters())
+        target = list(self.key_encoder.parameters()) + list(self.key_head.parameters())
+        torch._foreach_mul_(target, self.m)
+        torch._foreach_add_(target, online, alpha=1 - self.m)
+        for b_k, b_q in zip(list(self.key_encoder.buffers()) + list(self.key_head.buffers()), list(self.encoder.buffers()) + list(self.head.buffers())):
+            b_k.copy_(b_q)
+
+    @torch.no_grad()
+    def _enqueue(self, k: torch.Tensor) -> None:
+        n, size = len(k), len(self.queue)
+        idx = (self.ptr + torch.arange(n, device=k.device)) % size
+        self.queue[idx] = nn.functional.normalize(k.float(), dim=1)
+        self.ptr.copy_((self.ptr + n) % size)
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        q = self.head(self.encoder(v1)).float()
+        with torch.no_grad():
+            self._momentum_update()
+            k = self.key_head(self.key_encoder(v2)).float()
+        loss = moco_infonce(q, k, self.queue.clone(), self.temperature)
+        self._enqueue(k)
+        return loss
+
+
+def _augment_all(aug: Augmenter, images: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    return torch.cat([aug(images[i : i + chunk]).to(torch.bfloat16 if images.is_cuda else torch.float32) for i in range(0, len(images), chunk)])
+
+
+def pretrain(
+    images: torch.Tensor,
+    cfg: PretrainConfig,
+    *,
+    state_path: str | Path | None = None,
+    monitor: Callable[[Encoder], float] | None = None,
+    progress: bool = True,
+    log_fn: Callable[[dict], None] | None = None,
+) -> tuple[Encoder, list[dict]]:
+    """Pre-train on uint8 images N×3×H×W -> (encoder on CPU, per-epoch log).
+
+    monitor(encoder) -> kNN accuracy, called every `knn_every` epochs and at the end.
+    """
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    n = len(images)
+    if n < cfg.batch_size:
+        raise ValueError(f"{n} images is fewer than one batch of {cfg.batch_size}; lower batch_size")
+    encoder = build_encoder(cfg.arch, input_size=images.shape[-1])
+    model = (SimCLRModel if cfg.method == "simclr" else MoCoModel)(encoder, cfg)
+    model = prepare_model(model, device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device)
+    step_loss = torch.compile(model.loss) if cfg.compile else model.loss
+    state = TrainState(state_path)
+    start, log, _ = state.load({"model": model}, opt, map_location=device)
+    X = images.to(device)
+    aug = Augmenter(cfg.augment, images.shape[-1]).to(device)
+    steps = n // cfg.batch_size
+    bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.method} {cfg.arch}", unit="ep", disable=not progress, initial=start, total=cfg.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        seed_epoch(cfg.seed, epoch)
+        perm = torch.randperm(n, generator=epoch_generator(cfg.seed, epoch)).to(device)
+        V1, V2 = _augment_all(aug, X), _augment_all(aug, X)
+        total = torch.zeros((), device=device)
+        for i in range(steps):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            with autocast(device, cfg.amp):
+                loss = step_loss(V1[idx], V2[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        entry = {"epoch": epoch + 1, "loss": (total / steps).item(), "seconds": seconds, "images_per_s": 2 * steps * cfg.batch_size / seconds}
+        last = epoch + 1 == cfg.epochs
+        if monitor is not None and ((cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) or last):
+            entry["knn_acc"] = monitor(model.encoder)
+            model.train()
+        log.append(entry)
+        if log_fn:
+            log_fn(entry)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k in ("loss", "knn_acc")})
+        if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+            state.save({"model": model}, opt, epoch + 1, log)
+    return model.encoder.cpu().eval(), log
+
+
+def knn_monitor(train_images, train_labels, test_images, test_labels, k: int = 200, batch_size: int = 1024):
+    """Weighted kNN accuracy of an encoder's features (InstDisc/SimCLR monitor) as a callable."""
+    from stealkit.probes.knn import knn_accuracy
+
+    def run(encoder: Encoder) -> float:
+        tr = embed(encoder, train_images, batch_size)
+        te = embed(encoder, test_images, batch_size)
+        return float(knn_accuracy(tr, train_labels, te, test_labels, k=k, num_classes=int(train_labels.max()) + 1))
+
+    return run
