@@ -1,0 +1,42 @@
+"""What the running service holds: the encoder, its defence, the ledger and the rate limiter."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from stealkit.models.encoder import embed
+from stealkit.service.ledger import Ledger
+from stealkit.service.ratelimit import TokenBuckets
+from stealkit.service.settings import ServiceSettings
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    encoder: torch.nn.Module
+    defence: object | None
+    ledger: Ledger
+    model_name: str
+    buckets: TokenBuckets = field(default_factory=TokenBuckets)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, images: list[torch.Tensor], account: str) -> torch.Tensor:
+        """uint8 3×H×W images (sizes may differ) -> float32 N×D, defence applied per account.
+
+        Images of the same size are embedded together; the encoder resizes to its input size.
+        """
+        out = torch.empty(len(images), self.encoder.feature_dim, dtype=torch.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(im.shape), []).append(i)
+        with self.lock:  # one model, one batch at a time: no thread oversubscription on CPU
+            for idx in groups.values():
+                batch = torch.stack([images[i] for i in idx])
+                feats = embed(self.encoder, batch, batch_size=self.settings.embed_batch_size)
+                if self.defence is not None:
+                    feats = self.defence(feats, images=batch, account=account)
+                out[idx] = feats.float()
+        return out
