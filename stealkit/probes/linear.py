@@ -1,0 +1,103 @@
+"""Linear probe: multinomial logistic regression on frozen features.
+
+The standard linear evaluation of self-supervised encoders (SimCLR, Chen et al. 2020), offered
+beside the paper's MLP classifier (StolenEncoder, Section V-A 3). Two optimisers:
+
+- "adam": minibatch Adam, trained by the batched engine of `mlp.py` with no hidden layer, so P
+  probes (features P×N×D_p) train together exactly as they would alone;
+- "lbfgs": full-batch L-BFGS (strong Wolfe line search) with an L2 penalty; probes train one by one
+  (L-BFGS couples all parameters, so stacking would change each probe's path).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from stealkit.probes.mlp import BatchedMLP, ProbeResult, _predict, _stack_feats, train_probes
+
+
+@dataclass
+class LinearConfig:
+    optimizer: str = "adam"  # "adam" | "lbfgs"
+    lr: float | None = None  # default 1e-3 (adam), 1.0 (lbfgs)
+    epochs: int = 100  # adam: epochs; lbfgs: maximum iterations
+    batch_size: int = 256  # adam only
+    weight_decay: float | None = None  # default 0 (adam), 1e-4 (lbfgs: 0.5·wd·||W||² added to the mean loss)
+    normalize: bool = False
+    seed: int = 0
+    eval_every: int = 0  # adam only
+    eval_batch_size: int = 8192
+    progress: bool = False  # adam only
+
+    @classmethod
+    def make(cls, **cfg) -> "LinearConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(cfg) - names
+        if unknown:
+            raise ValueError(f"unknown linear probe config keys {sorted(unknown)}; known: {sorted(names)}")
+        c = cls(**cfg)
+        if c.optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"linear probe optimizer must be 'adam' or 'lbfgs', got {c.optimizer!r}")
+        if c.lr is None:
+            c.lr = 1e-3 if c.optimizer == "adam" else 1.0
+        if c.weight_decay is None:
+            c.weight_decay = 0.0 if c.optimizer == "adam" else 1e-4
+        return c
+
+
+def train_linear_probes(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None,
+                        seeds: Sequence[int] | None = None, device: torch.device | str | None = None,
+                        **cfg) -> list[ProbeResult]:
+    """Same inputs and outputs as `mlp.train_probes` (lists of N×D_p / M×D_p features, labels)."""
+    c = LinearConfig.make(**cfg)
+    if c.optimizer == "adam":
+        keep = {k: v for k, v in asdict(c).items() if k != "optimizer"}
+        results = train_probes(train_feats, train_labels, test_feats, test_labels, num_classes, seeds, device,
+                               hidden=(), **keep)
+        for r in results:
+            r.config["optimizer"] = "adam"
+        return results
+
+    from stealkit.runtime import pick_device
+
+    device = pick_device(None if device is None else str(device))
+    xs = [train_feats] if isinstance(train_feats, torch.Tensor) and train_feats.ndim == 2 else list(train_feats)
+    xt = [test_feats] if isinstance(test_feats, torch.Tensor) and test_feats.ndim == 2 else list(test_feats)
+    P = len(xs)
+    ys = [train_labels] * P if isinstance(train_labels, torch.Tensor) and train_labels.ndim == 1 else list(train_labels)
+    yt = [test_labels] * P if isinstance(test_labels, torch.Tensor) and test_labels.ndim == 1 else list(test_labels)
+    if num_classes is None:
+        num_classes = int(max(int(y.max()) for y in [*ys, *yt] if len(y))) + 1
+    seeds = [c.seed] * P if seeds is None else [int(s) for s in seeds]
+    return [_lbfgs_one(xs[p], ys[p], xt[p], yt[p], num_classes, seeds[p], device, c) for p in range(P)]
+
+
+def _lbfgs_one(x, y, xt, yt, num_classes: int, seed: int, device: torch.device, c: LinearConfig) -> ProbeResult:
+    t0 = time.perf_counter()
+    X, XT = _stack_feats([x], c.normalize, device), _stack_feats([xt], c.normalize, device)
+    Y, YT = y.long().to(device)[None], yt.long().to(device)[None]
+    model = BatchedMLP([x.shape[1]], (), num_classes, [seed]).to(device)
+    opt = torch.optim.LBFGS(model.parameters(), lr=c.lr, max_iter=c.epochs, history_size=20,
+                            tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(X)[0], Y[0])
+        if c.weight_decay:
+            loss = loss + 0.5 * c.weight_decay * model.weights[0].pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # returns the loss before the first iteration; recompute the final one
+    with torch.no_grad():
+        loss = float(F.cross_entropy(model(X)[0], Y[0]))
+    pred = _predict(model, XT, c.eval_batch_size)
+    acc = float((pred == YT).float().mean())
+    train_acc = float((_predict(model, X, c.eval_batch_size) == Y).float().mean())
+    conf = {**asdict(c), "num_classes": num_classes, "probes_in_batch": 1, "device": str(device), "seed": seed}
+    return ProbeResult(acc, pred[0].cpu(), train_acc, loss, time.perf_counter() - t0, [], conf, model.cpu().export(0).eval())
