@@ -33,6 +33,7 @@ class LinearConfig:
     eval_every: int = 0  # adam only
     eval_batch_size: int = 8192
     progress: bool = False  # adam only
+    cuda_graph: bool = False  # adam only, EXPERIMENTAL (see mlp._graph_epoch)
 
     @classmethod
     def make(cls, **cfg) -> "LinearConfig":
