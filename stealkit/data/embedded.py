@@ -92,8 +92,8 @@ def make_synthetic(n_per_class: int, seed: int = 0, size: int = 32) -> ImageSet:
     grid = (np.arange(s, dtype=np.float32) + 0.5) / s * 2 - 1  # pixel centres in [-1, 1]
     y, x = np.meshgrid(grid, grid, indexing="ij")
 
-    centre = rng.uniform(-0.35, 0.35, (n, 2)).astype(np.float32)
-    scale = rng.uniform(0.35, 0.62, n).astype(np.float32)
+    centre = rng.uniform(-0.25, 0.25, (n, 2)).astype(np.float32)
+    scale = rng.uniform(0.45, 0.72, n).astype(np.float32)
     theta = rng.uniform(-0.3, 0.3, n).astype(np.float32)
     bg = rng.uniform(0, 1, (n, 3)).astype(np.float32)
     direction = rng.standard_normal((n, 3)).astype(np.float32)
