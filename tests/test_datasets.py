@@ -229,6 +229,35 @@ def test_archive_with_several_splits_selects_one(tmp_path):
         load_dataset(f"archive:{archive}", "val")
 
 
+def _write_idx_mnist(raw, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny MNIST idx files (the raw layout torchvision reads) for train and t10k; returns t10k data."""
+    import struct
+
+    rng = np.random.default_rng(seed)
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 4), ("t10k", 5)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+    return images, labels
+
+
+def test_torchvision_source_used_after_archive_and_folder(tmp_path):
+    images, labels = _write_idx_mnist(tmp_path / "MNIST" / "raw")
+    data = load_dataset("mnist", "test", root=tmp_path, download=False)
+    assert data.meta["source"] == "torchvision" and len(data) == 5
+    assert data.labels.tolist() == labels.tolist()
+    ref = resize_uint8(torch.from_numpy(images)[:, None], 32)[:, 0]
+    assert torch.equal(data.images[:, 0], ref) and torch.equal(data.images[:, 2], ref)
+    assert load_dataset("mnist", "test", root=tmp_path, download=False).meta["cached"] is True
+
+    _write_dir(tmp_path / "mnist" / "test", _tiny_tree(0))  # a plain ImageFolder now takes precedence
+    assert load_dataset("mnist", "test", root=tmp_path).meta["source"] == "folder"
+    _write_tar(tmp_path / "mnist" / "test.tar.gz", _tiny_tree(0), prefix="test/")  # and an archive before it
+    assert load_dataset("mnist", "test", root=tmp_path).meta["source"] == "archive"
+
+
 # ---------------------------------------------------------------- embedded
 
 
