@@ -1,0 +1,43 @@
+"""Helpers shared by CLI commands: config loading with clear errors, result tables."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def packaged_config(name: str) -> Path:
+    return Path(str(resources.files("stealkit") / "configs" / f"{name}.yaml"))
+
+
+def apply_data_root(data_root: str | None) -> None:
+    if data_root:
+        os.environ["STEALKIT_DATA"] = str(data_root)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def print_results(results: dict) -> None:
+    from stealkit.experiment.report import results_table
+
+    header, lines = results_table(results)
+    table = Table(title=results["name"])
+    for h in header:
+        table.add_column(h, justify="right" if h[0].isupper() or h.startswith(("#", "cost", "cos", "agree")) else "left")
+    for line in lines:
+        table.add_row(*line)
+    console.print(table)
+    for f in results.get("failures", []):
+        console.print(f"[yellow]skipped[/] {f['label']}: {f['error']}")
+    for f in results.get("missing_downstream", []):
+        console.print(f"[yellow]skipped downstream[/] {f['dataset']}: {f['error']}")

@@ -1,0 +1,62 @@
+"""`stealkit run CONFIG`, `stealkit quickstart`, `stealkit steal`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stealkit.cli.app import app
+from stealkit.cli.common import apply_data_root, console, fail, packaged_config, print_results
+
+
+def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root: Optional[str]):
+    from pydantic import ValidationError
+
+    from stealkit.experiment.config import load_config
+    from stealkit.experiment.runner import run_experiment
+
+    apply_data_root(data_root)
+    try:
+        cfg = load_config(config_path, set_)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        fail(f"bad config {config_path}: {exc}")
+    if data_root:
+        cfg = cfg.model_copy(update={"data_root": data_root})
+    results = run_experiment(cfg, run_dir, echo=lambda m: console.print(f"[dim]{m}[/]"))
+    print_results(results)
+    out = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
+    console.print(f"run directory: {out}  (results.json, report.md, plot.png)")
+    return results
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="experiment YAML (see configs/)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set attack.config.epochs=10"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory (default: <output_dir>/<name>)"),
+    data_root: Optional[str] = typer.Option(None, envvar="STEALKIT_DATA", help="dataset root"),
+):
+    """Run an experiment config: victim, attack(s), probes, report. Finished work is reused on rerun."""
+    _run(config, set_, run_dir, data_root)
+
+
+@app.command()
+def quickstart(
+    run_dir: Path = typer.Option(Path("runs/quickstart"), help="where to write the run directory"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key"),
+    serve: bool = typer.Option(False, help="serve the victim on localhost and steal it over HTTP"),
+):
+    """The main job on embedded data (no download): train a small victim, steal it, compare TA and SA."""
+    path = packaged_config("quickstart")
+    console.print(f"quickstart config: {path}")
+    if serve:
+        from stealkit.cli.quickstart_http import quickstart_over_http
+
+        quickstart_over_http(path, set_, run_dir)
+        return
+    results = _run(path, set_, run_dir, None)
+    for r in results["rows"]:
+        for ds, m in r.get("downstream", {}).items():
+            console.print(f"{r['label']}: SA/TA on {ds} = {100 * m['SA/TA']:.1f}% with {r['queries']} queries (${r['cost']:.2f})")

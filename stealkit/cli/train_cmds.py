@@ -1,0 +1,114 @@
+"""`stealkit pretrain --config ...` and `stealkit evaluate CHECKPOINT ...`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stealkit.cli.app import app
+from stealkit.cli.common import apply_data_root, console, fail
+
+
+@app.command()
+def pretrain(
+    config: Path = typer.Option(..., "--config", help="YAML with a PretrainConfig (or an experiment config's victim.pretrain)"),
+    out: Path = typer.Option(..., "--out", help="checkpoint path (writes OUT.safetensors + OUT.json)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key: --set epochs=100"),
+    data_root: Optional[str] = typer.Option(None, envvar="STEALKIT_DATA", help="dataset root"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+):
+    """Pre-train a victim encoder with SimCLR or MoCo v2; resumes from OUT.state.pt after an interruption."""
+    import time
+
+    import yaml
+    from pydantic import ValidationError
+
+    from stealkit.experiment.config import set_dotted
+    from stealkit.experiment.victims import load_data
+    from stealkit.models.checkpoint import save_encoder
+    from stealkit.pretrain.config import PretrainConfig
+    from stealkit.pretrain.trainer import knn_monitor
+    from stealkit.pretrain.trainer import pretrain as run_pretrain
+
+    apply_data_root(data_root)
+    raw = yaml.safe_load(config.read_text()) or {}
+    raw = raw.get("victim", {}).get("pretrain", raw) if "victim" in raw else raw
+    for item in set_:
+        k, v = item.split("=", 1)
+        set_dotted(raw, k, yaml.safe_load(v))
+    raw.setdefault("device", device)
+    try:
+        cfg = PretrainConfig(**raw)
+    except ValidationError as exc:
+        fail(f"bad pretrain config {config}: {exc}")
+    data = load_data(cfg.data, data_root)
+    monitor = None
+    if cfg.knn_data is not None:
+        tr = load_data(cfg.knn_data, data_root)
+        te = load_data(cfg.knn_data.model_copy(update={"split": "test", "limit": 2000}), data_root)
+        monitor = knn_monitor(tr.images, tr.labels, te.images, te.labels, k=cfg.knn_k)
+    state = out.with_suffix(".state.pt")
+    console.print(f"pre-training {cfg.method} {cfg.arch} on {data.name}: {len(data)} images, {cfg.epochs} epochs (state: {state})")
+    t0 = time.perf_counter()
+    log_path = out.with_suffix(".log.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def log_fn(entry):
+        with open(log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    encoder, log = run_pretrain(data.images, cfg, state_path=state, monitor=monitor, log_fn=log_fn)
+    path = save_encoder(encoder, out, train_config=cfg.model_dump(), dataset=data.name, dataset_size=len(data), seed=cfg.seed, seconds=time.perf_counter() - t0, log=log)
+    state.unlink(missing_ok=True)
+    console.print(f"saved {path} (+ .json sidecar); last epoch: {log[-1]}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: list[Path] = typer.Argument(..., help="encoder checkpoint(s) (.safetensors with .json sidecar)"),
+    downstream: list[str] = typer.Option(["mnist", "gtsrb"], "--downstream", "-d", help="downstream dataset(s)"),
+    probe: str = typer.Option("mlp", help="mlp | linear | knn"),
+    epochs: Optional[int] = typer.Option(None, help="probe epochs (mlp default 500)"),
+    train_limit: Optional[int] = typer.Option(None, help="use at most this many downstream training images"),
+    data_root: Optional[str] = typer.Option(None, envvar="STEALKIT_DATA", help="dataset root"),
+    device: str = typer.Option("auto"),
+    out: Optional[Path] = typer.Option(None, help="write the accuracies as JSON here"),
+):
+    """Downstream accuracy (TA) of frozen encoders: features extracted once, probes trained together."""
+    from rich.table import Table
+
+    from stealkit.data import DatasetNotFound, load_dataset
+    from stealkit.models.checkpoint import load_encoder
+    from stealkit.probes.evaluate import evaluate_feature_sets
+    from stealkit.probes.features import extract_features
+    from stealkit.runtime import environment, pick_device
+
+    apply_data_root(data_root)
+    dev = pick_device(device)
+    encoders = {str(p): load_encoder(p) for p in checkpoint}
+    cfg = {"epochs": epochs} if epochs and probe != "knn" else {}
+    table = Table(title=f"downstream accuracy ({probe} probe)")
+    table.add_column("encoder")
+    results = {}
+    for ds in downstream:
+        try:
+            train, test = load_dataset(ds, "train"), load_dataset(ds, "test")
+        except DatasetNotFound as exc:
+            console.print(f"[yellow]skipped {ds}[/]: {exc}")
+            continue
+        if train_limit and train_limit < len(train):
+            train = train.sample(train_limit)
+        table.add_column(f"{ds} (%)", justify="right")
+        tr = [extract_features(e, train.images, device=dev) for e in encoders.values()]
+        te = [extract_features(e, test.images, device=dev) for e in encoders.values()]
+        res = evaluate_feature_sets(tr, train.labels, te, test.labels, probe, train.num_classes, device=dev, **cfg)
+        for name, r in zip(encoders, res):
+            results.setdefault(name, {})[ds] = r["accuracy"]
+    for name, accs in results.items():
+        table.add_row(name, *[f"{100 * a:.2f}" for a in accs.values()])
+    console.print(table)
+    if out:
+        out.write_text(json.dumps({"accuracy": results, "probe": probe, "probe_config": cfg, "environment": environment()}, indent=2))
