@@ -1,0 +1,145 @@
+"""`stealkit verify ...`: ownership checks on a suspect encoder (seed 002).
+
+  stealkit verify dataset-inference --victim V --suspect S --private cifar10:train --public cifar10:test
+  stealkit verify watermark --suspect S --head V.wmhead.safetensors --data cifar10:test
+  stealkit verify embed-watermark --data cifar10:train --out runs/victim_wm [--victim V]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stealkit.cli.app import app
+
+verify_app = typer.Typer(help="Ownership verification: dataset inference and rotation watermarks.", no_args_is_help=True)
+app.add_typer(verify_app, name="verify")
+
+
+def _images(spec: str, limit: int | None, seed: int, root: str | None, size: int):
+    """"NAME:split" (split defaults to train) -> uint8 N×3×size×size, optionally a random subset of `limit`."""
+    from stealkit.data.registry import load_dataset
+
+    if spec.startswith(("folder:", "archive:")):
+        name, split = spec, "train"
+    else:
+        name, _, split = spec.partition(":")
+    data = load_dataset(name, split or "train", root=root, size=size)
+    if limit is not None and limit < len(data):
+        data = data.sample(limit, seed=seed)
+    return data.images
+
+
+def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=float))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+@verify_app.command("dataset-inference")
+def dataset_inference_cmd(
+    suspect: Path = typer.Option(..., help="suspect encoder checkpoint (.safetensors + .json)"),
+    private: str = typer.Option(..., help="the victim's private training data, NAME:split"),
+    public: str = typer.Option(..., help="held-out data of the same distribution, NAME:split"),
+    victim: Optional[Path] = typer.Option(None, help="victim encoder checkpoint (needed with --fit-on victim)"),
+    private_limit: Optional[int] = typer.Option(None, help="use a random subset of this many private images"),
+    public_limit: Optional[int] = typer.Option(None, help="use a random subset of this many public images"),
+    fit_fraction: float = typer.Option(0.5, help="fraction of the private images the GMM is fitted on"),
+    components: int = typer.Option(10, help="GMM components"),
+    fit_on: str = typer.Option("victim", help="fit the GMM on the 'victim' or the 'suspect' representations"),
+    alpha: float = typer.Option(0.01, help="significance threshold for the verdict"),
+    size: int = typer.Option(32, help="image side the sets are resized to"),
+    data_root: Optional[str] = typer.Option(None, help="data root (else STEALKIT_DATA, else ./data)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+):
+    """GMM log-likelihoods of private-train vs public images under the suspect; one-sided Welch t-test."""
+    from stealkit.models.checkpoint import load_encoder
+    from stealkit.runtime import pick_device
+    from stealkit.verify.dataset_inference import dataset_inference
+
+    dev = pick_device(device)
+    sus = load_encoder(suspect, device=dev)
+    vic = load_encoder(victim, device=dev) if victim is not None else None
+    priv = _images(private, private_limit, seed, data_root, size)
+    pub = _images(public, public_limit, seed + 1, data_root, size)
+    r = dataset_inference(vic, sus, priv, pub, fit_fraction=fit_fraction, n_components=components, fit_on=fit_on, alpha=alpha, seed=seed)
+    _emit(
+        r.to_dict(),
+        as_json,
+        [
+            f"mean log-likelihood: private-train {r.mean_ll_train:.4g} (n={r.n_train}) vs public {r.mean_ll_test:.4g} (n={r.n_test}); GMM fitted on {r.n_fit} {r.fit_on} representations",
+            f"t = {r.t_statistic:.4g}, p-value = {r.p_value:.3g} (alpha = {r.alpha})",
+            f"verdict: {r.verdict}",
+        ],
+    )
+
+
+@verify_app.command("watermark")
+def watermark_cmd(
+    suspect: Path = typer.Option(..., help="suspect encoder checkpoint"),
+    data: str = typer.Option(..., help="images to rotate, NAME:split (the provider's own data)"),
+    head: Optional[Path] = typer.Option(None, help="watermark head (.wmhead.safetensors); default: beside --victim"),
+    victim: Optional[Path] = typer.Option(None, help="watermarked victim checkpoint whose head lies beside it"),
+    limit: Optional[int] = typer.Option(1000, help="use a random subset of this many images"),
+    alpha: float = typer.Option(0.01, help="significance threshold for the verdict"),
+    size: int = typer.Option(32),
+    data_root: Optional[str] = typer.Option(None),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Accuracy of the victim's rotation head on the suspect's representations; binomial test vs chance."""
+    from stealkit.models.checkpoint import load_encoder
+    from stealkit.runtime import pick_device
+    from stealkit.verify.watermark import head_path, load_watermark_head, watermark_accuracy
+
+    if head is None:
+        if victim is None:
+            raise typer.BadParameter("give --head, or --victim with its .wmhead.safetensors beside it")
+        head = head_path(victim)
+    sus = load_encoder(suspect, device=pick_device(device))
+    r = watermark_accuracy(sus, load_watermark_head(head), _images(data, limit, seed, data_root, size), alpha=alpha)
+    _emit(
+        r.to_dict(),
+        as_json,
+        [
+            f"watermark accuracy {r.accuracy:.4f} ({r.correct}/{r.trials}), chance {r.chance:.2f}",
+            f"p-value = {r.p_value:.3g} (alpha = {r.alpha})",
+            f"verdict: {r.verdict}",
+        ],
+    )
+
+
+@verify_app.command("embed-watermark")
+def embed_watermark_cmd(
+    data: str = typer.Option(..., help="the provider's training data, NAME:split"),
+    out: Path = typer.Option(..., help="output checkpoint path (head written beside it)"),
+    victim: Optional[Path] = typer.Option(None, help="fine-tune this encoder (else pre-train --arch from scratch)"),
+    arch: str = typer.Option("resnet18"),
+    epochs: int = typer.Option(100),
+    batch_size: int = typer.Option(256),
+    lr: float = typer.Option(1e-3),
+    rotations: int = typer.Option(4, help="4: 0/90/180/270°; 2: 0/180°"),
+    weight: float = typer.Option(1.0, help="weight of the rotation loss"),
+    limit: Optional[int] = typer.Option(None),
+    size: int = typer.Option(32),
+    data_root: Optional[str] = typer.Option(None),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+):
+    """Train an encoder jointly on SimCLR and the rotation task; store the head beside the checkpoint."""
+    from stealkit.models.checkpoint import load_encoder
+    from stealkit.verify.watermark import WatermarkConfig, embed_watermark, save_watermarked
+
+    cfg = WatermarkConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, rotations=rotations, weight=weight, seed=seed, device=device)
+    enc = load_encoder(victim) if victim is not None else None
+    enc, head, log = embed_watermark(_images(data, limit, seed, data_root, size), cfg, enc)
+    weights, hp = save_watermarked(enc, head, out, watermark_config=cfg.model_dump(), dataset=data, log=log[-1:])
+    typer.echo(f"wrote {weights} and {hp} (final rotation accuracy {log[-1]['rot_acc']:.3f})")

@@ -1,0 +1,22 @@
+"""Ownership verification of a suspect encoder (seed 002): rotation watermark and dataset inference."""
+
+from stealkit.verify.dataset_inference import DatasetInferenceResult, dataset_inference
+from stealkit.verify.watermark import (
+    WatermarkConfig,
+    WatermarkResult,
+    embed_watermark,
+    load_watermark_head,
+    save_watermarked,
+    watermark_accuracy,
+)
+
+__all__ = [
+    "DatasetInferenceResult",
+    "WatermarkConfig",
+    "WatermarkResult",
+    "dataset_inference",
+    "embed_watermark",
+    "load_watermark_head",
+    "save_watermarked",
+    "watermark_accuracy",
+]

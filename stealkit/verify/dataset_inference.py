@@ -1,0 +1,131 @@
+"""Dataset inference for encoders (Dziedzic, Duan, Kaleem, Dhawan, Guan, Cattan, Boenisch, Papernot,
+"Dataset Inference for Self-Supervised Models", NeurIPS 2022; seed 002, the blog post; released code
+cleverhans-lab/DatasetInferenceForSelfSupervisedModels, `dataset-inference/gmm.py`).
+
+The victim's private training set is its signature. The defender
+1. splits its private training images into a fit part and an evaluation part,
+2. fits a Gaussian mixture (sklearn, diagonal covariances) on representations of the fit part,
+3. scores, with that mixture, the *suspect's* representations of the evaluation part ("train") and
+   of held-out images from the same distribution that no encoder was trained on ("test"),
+4. runs a one-sided Welch t-test, H1: mean log-likelihood(train) > mean log-likelihood(test).
+A small p-value (below `alpha`, e.g. 1%) marks the suspect as the victim or a copy of it; otherwise
+the test is inconclusive and the suspect is called independent.
+
+`fit_on="victim"` (default, as the issue states it) fits the mixture on the victim's representations;
+`fit_on="suspect"` fits it on the suspect's own representations of the fit part, as the released
+script does (then the victim is not needed). Representations are L2-normalised first (`normalize`),
+as in the released script. Shapes: images uint8 N×3×H×W; encoders N×3×H×W -> N×D.
+An encoder argument may be an nn.Module or anything with `embed(images)` (a Target; queries are billed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DatasetInferenceResult:
+    p_value: float
+    t_statistic: float
+    stolen: bool  # p_value < alpha: the suspect is the victim or derived from it
+    alpha: float
+    mean_ll_train: float  # mean log-likelihood of the suspect's private-train evaluation representations
+    mean_ll_test: float  # ... of its held-out (public/test) representations
+    n_fit: int
+    n_train: int
+    n_test: int
+    fit_on: str
+    n_components: int
+
+    @property
+    def verdict(self) -> str:
+        return "stolen (victim or a copy of it)" if self.stolen else "independent (inconclusive test)"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def representations(model, images: torch.Tensor, batch_size: int = 512, normalize: bool = True) -> np.ndarray:
+    """float64 N×D representations of uint8 images from an encoder (nn.Module) or a Target (`embed`)."""
+    if isinstance(model, torch.nn.Module):
+        from stealkit.models.encoder import embed
+
+        feats = embed(model, images, batch_size=batch_size)
+    else:
+        feats = torch.cat([model.embed(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    feats = feats.float()
+    if normalize:
+        feats = F.normalize(feats, dim=1)
+    return feats.double().numpy()
+
+
+def fit_gmm(reps: np.ndarray, n_components: int = 10, covariance_type: str = "diag", seed: int = 0, max_iter: int = 1000):
+    """sklearn GaussianMixture fitted on N×D representations (diag covariances as in the released code)."""
+    from sklearn.mixture import GaussianMixture
+
+    k = min(n_components, len(reps))
+    return GaussianMixture(n_components=k, covariance_type=covariance_type, max_iter=max_iter, random_state=seed, reg_covar=1e-6).fit(reps)
+
+
+def welch_greater(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """One-sided Welch t-test, H1: mean(a) > mean(b) -> (t, p)."""
+    from scipy.stats import ttest_ind
+
+    res = ttest_ind(a, b, equal_var=False, alternative="greater")
+    return float(res.statistic), float(res.pvalue)
+
+
+def dataset_inference(
+    victim,
+    suspect,
+    private_images: torch.Tensor,
+    public_images: torch.Tensor,
+    *,
+    fit_fraction: float = 0.5,
+    n_components: int = 10,
+    covariance_type: Literal["diag", "full", "spherical", "tied"] = "diag",
+    fit_on: Literal["victim", "suspect"] = "victim",
+    normalize: bool = True,
+    alpha: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> DatasetInferenceResult:
+    """Is `suspect` the victim or stolen from it? private_images: the victim's training images (uint8
+    N×3×H×W); public_images: held-out images of the same distribution (M×3×H×W) -> DatasetInferenceResult."""
+    if not 0 < fit_fraction < 1:
+        raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
+    if fit_on not in ("victim", "suspect"):
+        raise ValueError(f"fit_on must be 'victim' or 'suspect', got {fit_on!r}")
+    if fit_on == "victim" and victim is None:
+        raise ValueError("fit_on='victim' needs the victim encoder")
+    n = len(private_images)
+    n_fit = int(round(n * fit_fraction))
+    if n_fit < 2 or n - n_fit < 2 or len(public_images) < 2:
+        raise ValueError(f"need at least 2 images in each of fit/train/test; got {n_fit}/{n - n_fit}/{len(public_images)}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fit_imgs, train_imgs = private_images[perm[:n_fit]], private_images[perm[n_fit:]]
+    fitter = victim if fit_on == "victim" else suspect
+    gmm = fit_gmm(representations(fitter, fit_imgs, batch_size, normalize), n_components, covariance_type, seed)
+    ll_train = gmm.score_samples(representations(suspect, train_imgs, batch_size, normalize))
+    ll_test = gmm.score_samples(representations(suspect, public_images, batch_size, normalize))
+    t, p = welch_greater(ll_train, ll_test)
+    if not np.isfinite(p):  # identical constant likelihoods: no evidence
+        p = 1.0
+    return DatasetInferenceResult(
+        p_value=p,
+        t_statistic=t,
+        stolen=bool(p < alpha),
+        alpha=alpha,
+        mean_ll_train=float(np.mean(ll_train)),
+        mean_ll_test=float(np.mean(ll_test)),
+        n_fit=n_fit,
+        n_train=n - n_fit,
+        n_test=len(public_images),
+        fit_on=fit_on,
+        n_components=gmm.n_components,
+    )

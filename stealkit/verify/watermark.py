@@ -1,0 +1,215 @@
+"""Rotation-prediction watermark for encoders (Dziedzic et al., "On the Difficulty of Defending
+Self-Supervised Learning against Model Extraction", ICML 2022; seed 002, the blog post; released code
+cleverhans-lab/ssl-attacks-defenses: `simclr.py` trains it, `watermark.py` checks it).
+
+Embedding: the victim is trained (from scratch or fine-tuned) jointly on its contrastive objective
+(SimCLR NT-Xent, to keep its representations useful) and a rotation task: a head g (Linear-ReLU-Linear,
+kept and stored beside the encoder) predicts which of `rotations` angles an image was rotated by,
+    L = L_NT-Xent(A(x), A'(x)) + weight · CE(g(f(rot_k(x))), k),  k uniform,
+with gradients into the whole encoder. rotations=4: {0°, 90°, 180°, 270°}; rotations=2: {0°, 180°}
+(the blog's binary example).
+
+Check (the released `watermark.py`): the victim's *fixed* head g is applied to the suspect's
+representations of rotated images; the watermark accuracy is the fraction of correct predictions.
+A stolen copy imitates the victim's representation space, so g still reads the rotation off it; an
+independent encoder's space is unrelated to g, so accuracy is near chance 1/rotations (the blog:
+"near-random accuracy of 50%" for its binary task). Training a *new* rotation probe on the suspect
+would not work: any decent encoder supports rotation prediction. Verdict: one-sided binomial test
+of the number of correct predictions against chance (each image contributes one trial per angle;
+the trials of one image are not independent, so treat p as approximate).
+Shapes: images uint8 N×3×H×W (square); encoder N×3×H×W -> N×D; head N×D -> N×rotations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
+
+HEAD_FORMAT = "stealkit-watermark-head/1"
+
+
+class WatermarkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: str = "resnet18"  # used when no encoder is given (joint pre-training from scratch)
+    rotations: int = 4
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight: float = 1.0  # weight of the rotation loss
+    contrastive: bool = True  # keep the SimCLR loss in the joint objective
+    temperature: float = 0.5
+    augment: str = "crop+flip+jitter+gray"
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    head_hidden: int = 256
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+
+
+def rotation_head(feature_dim: int, rotations: int = 4, hidden: int = 256) -> nn.Module:
+    """g: N×D -> N×rotations logits (the released code's WatermarkMLP: Linear-ReLU-Linear)."""
+    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, rotations))
+
+
+def rotate(images: torch.Tensor, k: torch.Tensor, rotations: int = 4) -> torch.Tensor:
+    """Rotate image i by k_i · (360/rotations)° (counter-clockwise). images N×C×S×S, k int N -> N×C×S×S."""
+    if rotations not in (2, 4):
+        raise ValueError(f"rotations must be 2 or 4, got {rotations}")
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"rotation needs square images, got {tuple(images.shape[-2:])}")
+    quarter = k.to(images.device) * (4 // rotations)
+    out = images.clone()
+    for q in (1, 2, 3):
+        sel = quarter == q
+        if sel.any():
+            out[sel] = torch.rot90(images[sel], q, dims=(2, 3))
+    return out
+
+
+def _features(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if isinstance(model, nn.Module):
+        from stealkit.models.encoder import embed
+
+        return embed(model, images, batch_size=batch_size)
+    return torch.cat([model.embed(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]).float()
+
+
+def embed_watermark(images: torch.Tensor, config: WatermarkConfig | dict | None = None, encoder=None, *, progress: bool = True):
+    """Train `encoder` (or a new `config.arch` one) jointly with a rotation head on its own uint8 images
+    N×3×S×S -> (encoder on CPU, head on CPU, per-epoch log with loss, rot_loss, rot_acc)."""
+    from tqdm.auto import tqdm
+
+    from stealkit.augment import Augmenter
+    from stealkit.models.encoder import build_encoder
+    from stealkit.pretrain.config import PretrainConfig
+    from stealkit.pretrain.trainer import SimCLRModel
+    from stealkit.runtime import autocast, pick_device, seed_everything
+    from stealkit.training import epoch_generator, make_optimizer, prepare_model, seed_epoch
+
+    cfg = config if isinstance(config, WatermarkConfig) else WatermarkConfig(**(config or {}))
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    n = len(images)
+    if n < cfg.batch_size:
+        raise ValueError(f"{n} images is fewer than one batch of {cfg.batch_size}; lower batch_size")
+    if encoder is None:
+        encoder = build_encoder(cfg.arch, input_size=images.shape[-1])
+    pcfg = PretrainConfig(arch=encoder.spec.arch, temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim)
+    simclr = prepare_model(SimCLRModel(encoder, pcfg), device).train()
+    head = rotation_head(encoder.feature_dim, cfg.rotations, cfg.head_hidden).to(device).train()
+    params = list(head.parameters()) + (list(simclr.parameters()) if cfg.contrastive else list(encoder.parameters()))
+    opt = make_optimizer(params, "adam", cfg.lr, device=device)
+    X = images.to(device)
+    aug = Augmenter(cfg.augment, images.shape[-1]).to(device)
+    steps, log = n // cfg.batch_size, []
+    for epoch in tqdm(range(cfg.epochs), desc="watermark", unit="ep", disable=not progress):
+        t0 = time.perf_counter()
+        seed_epoch(cfg.seed, epoch)
+        gen = epoch_generator(cfg.seed, epoch)
+        perm = torch.randperm(n, generator=gen).to(device)
+        ks = torch.randint(0, cfg.rotations, (n,), generator=gen).to(device)
+        sums = torch.zeros(3, device=device)
+        for i in range(steps):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x, k = X[idx], ks[idx]
+            with autocast(device, cfg.amp):
+                logits = head(simclr.encoder(rotate(x, k, cfg.rotations))).float()
+                rot_loss = F.cross_entropy(logits, k)
+                con = simclr.loss(aug(x), aug(x)) if cfg.contrastive else torch.zeros((), device=device)
+            loss = con + cfg.weight * rot_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack([loss.detach(), rot_loss.detach(), (logits.argmax(1) == k).float().mean()])
+        m = (sums / steps).tolist()
+        log.append({"epoch": epoch + 1, "loss": m[0], "rot_loss": m[1], "rot_acc": m[2], "seconds": time.perf_counter() - t0})
+    return simclr.encoder.cpu().eval(), head.cpu().eval(), log
+
+
+@dataclass
+class WatermarkResult:
+    accuracy: float
+    correct: int
+    trials: int
+    chance: float
+    p_value: float  # one-sided binomial test, H1: accuracy > chance
+    significant: bool  # p_value < alpha: the watermark is present (victim or stolen copy)
+    alpha: float
+    rotations: int
+
+    @property
+    def verdict(self) -> str:
+        return "watermark present (victim or stolen copy)" if self.significant else "no watermark (independent encoder)"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+@torch.no_grad()
+def watermark_accuracy(suspect, head: nn.Module, images: torch.Tensor, rotations: int | None = None, *, alpha: float = 0.01, batch_size: int = 512) -> WatermarkResult:
+    """Accuracy of the victim's fixed rotation head on the suspect's representations of every image
+    under every angle (N·rotations trials), with a binomial test against chance 1/rotations."""
+    from scipy.stats import binomtest
+
+    head = head.cpu().eval()
+    rotations = rotations or head[-1].out_features
+    correct = trials = 0
+    for r in range(rotations):
+        k = torch.full((len(images),), r, dtype=torch.long)
+        feats = _features(suspect, rotate(images, k, rotations), batch_size).float().cpu()
+        if feats.shape[1] != head[0].in_features:
+            raise ValueError(f"suspect returns {feats.shape[1]}-d features; the watermark head expects {head[0].in_features}-d")
+        correct += int((head(feats).argmax(1) == r).sum())
+        trials += len(images)
+    chance = 1.0 / rotations
+    p = float(binomtest(correct, trials, chance, alternative="greater").pvalue)
+    return WatermarkResult(correct / trials, correct, trials, chance, p, bool(p < alpha), alpha, rotations)
+
+
+def head_path(encoder_path: str | Path) -> Path:
+    """Where the head of a watermarked checkpoint lives: <stem>.wmhead.safetensors beside <stem>.safetensors."""
+    p = Path(encoder_path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".wmhead.safetensors")
+
+
+def save_watermark_head(head: nn.Module, path: str | Path) -> Path:
+    """Head weights + self-describing metadata (feature_dim, hidden, rotations) in one safetensors file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": HEAD_FORMAT, "feature_dim": head[0].in_features, "hidden": head[0].out_features, "rotations": head[-1].out_features}
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(path), metadata={"stealkit": json.dumps(meta)})
+    return path
+
+
+def load_watermark_head(path: str | Path) -> nn.Module:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = (f.metadata() or {}).get("stealkit")
+    meta = json.loads(raw) if raw else {}
+    if meta.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{path} is not a stealkit watermark head (format {meta.get('format')!r})")
+    head = rotation_head(meta["feature_dim"], meta["rotations"], meta["hidden"])
+    head.load_state_dict(load_file(str(path)), strict=True)
+    return head.eval()
+
+
+def save_watermarked(encoder, head: nn.Module, path: str | Path, **info) -> tuple[Path, Path]:
+    """Encoder checkpoint (stealkit format, sidecar notes the watermark) + its head beside it."""
+    from stealkit.models.checkpoint import save_encoder
+
+    hp = head_path(path)
+    weights = save_encoder(encoder, path, watermark={"head": hp.name, "rotations": head[-1].out_features}, **info)
+    return weights, save_watermark_head(head, hp)

@@ -1,0 +1,157 @@
+"""Ownership verification in a tiny CPU setting: dataset inference and the rotation watermark."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from stealkit.data.embedded import load_digits_set, make_synthetic
+from stealkit.models.encoder import build_encoder
+from stealkit.verify.dataset_inference import dataset_inference, welch_greater
+from stealkit.verify.watermark import (
+    embed_watermark,
+    head_path,
+    load_watermark_head,
+    rotate,
+    save_watermarked,
+    watermark_accuracy,
+)
+
+SIZE = 16  # 16×16 images keep every training run here to a few seconds on one core
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small convolutions run faster on one thread, and far faster when other work shares the cores
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _memorise(images: torch.Tensor, seed: int, classes: int = 4, epochs: int = 40) -> nn.Module:
+    """A cnn_tiny encoder that has memorised `images`: trained to fit *random* labels (pure memorisation,
+    no generalisation), so its representations of its training images sit in tight clusters."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    labels = torch.randint(0, classes, (len(images),), generator=g)
+    enc, head = build_encoder("cnn_tiny", input_size=SIZE), nn.Linear(64, classes)
+    opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], 3e-3)
+    for _ in range(epochs):
+        for i in range(0, len(images), 64):
+            loss = nn.functional.cross_entropy(head(enc(images[i : i + 64])), labels[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return enc.eval()
+
+
+@pytest.fixture(scope="module")
+def di_setting():
+    torch.set_num_threads(1)  # module fixtures run before the function-scoped thread fixtures
+    pool = make_synthetic(26, seed=11, size=SIZE).images  # 260 images of one distribution
+    private, public = pool[:128], pool[128:256]
+    other = make_synthetic(13, seed=12, size=SIZE).images[:128]  # another draw, for the independent encoder
+    return private, public, _memorise(private, 0), _memorise(other, 1)
+
+
+def test_welch_matches_formula():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 2.0, 40)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    t_ref = (a.mean() - b.mean()) / np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    from scipy.stats import t as student_t
+
+    t, p = welch_greater(a, b)
+    assert t == pytest.approx(t_ref) and p == pytest.approx(student_t.sf(t_ref, dof))
+
+
+@pytest.mark.parametrize("fit_on", ["victim", "suspect"])
+def test_dataset_inference_victim_small_p_independent_large_p(di_setting, fit_on):
+    private, public, victim, independent = di_setting
+    own = dataset_inference(victim, victim, private, public, n_components=4, fit_on=fit_on)
+    assert own.p_value < 1e-6 and own.stolen and own.mean_ll_train > own.mean_ll_test
+    other = dataset_inference(victim, independent, private, public, n_components=4, fit_on=fit_on)
+    assert other.p_value > 0.05 and not other.stolen
+    assert other.n_fit == other.n_train == 64 and other.n_test == 128
+    assert "independent" in other.verdict and json.dumps(other.to_dict())
+
+
+def test_dataset_inference_rejects_bad_arguments(di_setting):
+    private, public, victim, _ = di_setting
+    with pytest.raises(ValueError):
+        dataset_inference(None, victim, private, public, fit_on="victim")
+    with pytest.raises(ValueError):
+        dataset_inference(victim, victim, private, public, fit_fraction=1.5)
+
+
+def test_rotate_matches_rot90():
+    x = torch.arange(2 * 3 * 4 * 4).view(2, 3, 4, 4)
+    out = rotate(x.repeat(4, 1, 1, 1), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    for k in range(4):
+        assert torch.equal(out[2 * k : 2 * k + 2], torch.rot90(x, k, dims=(2, 3)))
+    two = rotate(x, torch.tensor([1, 0]), rotations=2)
+    assert torch.equal(two[0], torch.rot90(x[0], 2, dims=(1, 2))) and torch.equal(two[1], x[1])
+
+
+@pytest.fixture(scope="module")
+def watermarked():
+    torch.set_num_threads(1)
+    train = load_digits_set("train", size=SIZE).images[:256]  # digits have an upright orientation
+    cfg = {"arch": "cnn_tiny", "epochs": 10, "batch_size": 64, "lr": 3e-3, "augment": "crop+flip", "amp": False,
+           "device": "cpu", "proj_hidden": 64, "proj_dim": 32, "head_hidden": 64}
+    enc, head, log = embed_watermark(train, cfg, progress=False)
+    return enc, head, log, load_digits_set("test", size=SIZE).images[:100]
+
+
+def test_watermark_present_in_victim_and_stolen_copy_chance_for_independent(watermarked):
+    from stealkit.attacks.base import build_attack
+    from stealkit.targets.local import LocalTarget
+    import stealkit.attacks.loss_steal  # noqa: F401
+
+    enc, head, log, check = watermarked
+    assert log[-1]["rot_acc"] > log[0]["rot_acc"]
+    own = watermark_accuracy(enc, head, check)
+    assert own.accuracy > 0.4 and own.significant and own.trials == 400
+    for seed in (100, 101):
+        torch.manual_seed(seed)
+        independent = build_encoder("cnn_tiny", input_size=SIZE).eval()
+        res = watermark_accuracy(independent, head, check)
+        assert abs(res.accuracy - 0.25) < 0.05 and not res.significant
+    surrogate = load_digits_set("train", size=SIZE).subset(list(range(256, 512)))
+    stolen = build_attack("steal-mse", {"arch": "cnn_tiny", "epochs": 10, "batch_size": 32, "amp": False, "lr": 3e-3, "augment": "flip"})
+    copy = stolen.steal(LocalTarget(enc), surrogate, device="cpu", progress=False).encoder
+    assert watermark_accuracy(copy, head, check).significant
+
+
+def test_watermark_checkpoint_round_trip_and_cli(watermarked, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stealkit.cli.app import app
+    import stealkit.cli.verify_cmds  # noqa: F401
+    from stealkit.models.checkpoint import load_encoder, read_sidecar, save_encoder
+
+    enc, head, _, check = watermarked
+    weights, hp = save_watermarked(enc, head, tmp_path / "victim")
+    assert hp == head_path(weights) and read_sidecar(weights)["watermark"]["rotations"] == 4
+    loaded = load_watermark_head(hp)
+    assert watermark_accuracy(load_encoder(weights), loaded, check).accuracy == watermark_accuracy(enc, head, check).accuracy
+    torch.manual_seed(5)
+    save_encoder(build_encoder("cnn_tiny", input_size=SIZE), tmp_path / "indep")
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["verify", "watermark", "--suspect", str(tmp_path / "victim.safetensors"), "--victim", str(weights),
+                            "--data", "digits:test", "--limit", "100", "--size", str(SIZE), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "verdict: watermark present" in r.output
+    r = runner.invoke(app, ["verify", "dataset-inference", "--victim", str(weights), "--suspect", str(tmp_path / "indep.safetensors"),
+                            "--private", "digits:train", "--public", "digits:test", "--private-limit", "200", "--public-limit", "100",
+                            "--components", "3", "--size", str(SIZE), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert 0 <= out["p_value"] <= 1 and out["verdict"]
