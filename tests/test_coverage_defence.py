@@ -89,3 +89,29 @@ def test_works_behind_a_local_target():
     out = target.embed(imgs)
     assert out.shape == (20, 64) and target.queries == 20
     assert target.defence.stats("alice")["queries"] == 20
+
+
+def test_sybil_spreads_queries_and_aligns_per_account_transforms():
+    from stealkit.attacks.base import build_attack
+    from stealkit.attacks.sybil import fit_alignment
+    from stealkit.data.embedded import make_synthetic
+    import stealkit.attacks.sybil  # noqa: F401
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    victim = build_encoder("cnn_tiny", input_size=16).eval()
+    surrogate = make_synthetic(20, seed=4, size=16)  # 200 images
+    defence = CoverageDefence(num_planes=6, transform="affine", curve="none", bias_scale=0.1)
+    targets = [LocalTarget(victim, defence=defence, account=f"key{j}") for j in range(3)]
+    cfg = {"arch": "cnn_tiny", "epochs": 1, "batch_size": 32, "amp": False, "augment": "flip", "overlap": 80, "loss": "mse"}
+    result = build_attack("sybil", cfg).steal(targets, surrogate, device="cpu", progress=False)
+    per = result.info["per_account_queries"]
+    assert per == [t.queries for t in targets] and sum(per) == result.queries == 200 + 80 * 2
+    assert [defence.stats(f"key{j}")["queries"] for j in range(3)] == per
+    assert result.info["aligned_accounts"] == [1, 2]
+    # with overlap > D the affine alignment undoes another account's affine transform exactly
+    clean = victim(surrogate.images[:120].float() / 255).detach()
+    y0, y1 = defence.transform(clean, "key0"), defence.transform(clean, "key1")
+    mapping = fit_alignment(y1[:80], y0[:80], "affine")
+    assert torch.allclose(mapping(y1[80:]), y0[80:], atol=1e-3 * y0.abs().max().item())
+    assert not torch.allclose(y1, y0, atol=1e-2)
