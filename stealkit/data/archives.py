@@ -7,6 +7,7 @@ Order is deterministic: classes sorted by name, files sorted by name; label = in
 from __future__ import annotations
 
 import io
+import mmap
 import multiprocessing as mp
 import os
 import tarfile
@@ -101,28 +102,47 @@ def _to_tensor(decoded: np.ndarray | list[np.ndarray], size: int) -> torch.Tenso
     return out
 
 
+_FORKED: dict = {}  # items and output buffer, set just before forking so workers inherit them
+
+
+def _decode_range(bounds: tuple[int, int]) -> int:
+    """Worker: decode items[a:b] and write them straight into the shared output buffer."""
+    a, b = bounds
+    items, out, size = _FORKED["items"], _FORKED["out"], _FORKED["size"]
+    out[a:b] = _to_tensor(_decode_chunk((items[a:b], size)), size)
+    return b - a
+
+
 def decode_images(items: list[bytes | str], size: int, workers: int | None = None) -> torch.Tensor:
     """Encoded images (bytes or file paths) -> uint8 N×3×size×size, in input order.
 
-    Uses a process pool of `workers` (default os.cpu_count()) for large lists.
+    Large lists are split over a fork pool of `workers` (default os.cpu_count()) that inherit the
+    inputs and write into one anonymous shared mmap (no pickling of images, no /dev/shm).
     """
     n = len(items)
-    out = torch.empty((n, 3, size, size), dtype=torch.uint8)
     workers = workers or os.cpu_count() or 1
     n_chunks = max(1, min(workers * 8, n // 512))
-    bounds = np.linspace(0, n, n_chunks + 1).astype(int)
-    chunks = [(items[a:b], size) for a, b in zip(bounds[:-1], bounds[1:])]
-    if workers > 1 and n >= _MIN_POOL_ITEMS:
-        method = "fork" if "fork" in mp.get_all_start_methods() else None
-        with mp.get_context(method).Pool(workers, initializer=_worker_init) as pool:
-            results = pool.imap(_decode_chunk, chunks)
-            for a, decoded in zip(bounds[:-1], results):
-                t = _to_tensor(decoded, size)
-                out[a : a + len(t)] = t
-    else:
-        for a, chunk in zip(bounds[:-1], chunks):
-            t = _to_tensor(_decode_chunk(chunk), size)
-            out[a : a + len(t)] = t
+    bounds = np.linspace(0, n, n_chunks + 1).astype(int).tolist()
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    can_fork = "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
+    if workers > 1 and n >= _MIN_POOL_ITEMS and can_fork:
+        nbytes = n * 3 * size * size
+        buffer = mmap.mmap(-1, nbytes)  # MAP_SHARED | MAP_ANONYMOUS: shared with forked children
+        shared = torch.frombuffer(buffer, dtype=torch.uint8).view(n, 3, size, size)
+        _FORKED.update(items=items, out=shared, size=size)
+        try:
+            with mp.get_context("fork").Pool(min(workers, n_chunks), initializer=_worker_init) as pool:
+                done = sum(pool.imap_unordered(_decode_range, ranges))
+            assert done == n
+            out = shared.clone()
+        finally:
+            _FORKED.clear()
+            del shared
+            buffer.close()
+        return out
+    out = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    for a, b in ranges:
+        out[a:b] = _to_tensor(_decode_chunk((items[a:b], size)), size)
     return out
 
 
