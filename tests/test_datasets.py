@@ -209,6 +209,8 @@ def test_plain_imagefolder_and_folder_form_match_archive(tmp_path):
 
     with_split = load_dataset(f"folder:{root / 'cifar10'}", "test")  # split subdir used when present
     no_split = load_dataset(f"folder:{root / 'cifar10' / 'test'}", "whatever")
+    with pytest.raises(DatasetNotFound, match="no 'val'"):
+        load_dataset(f"folder:{root / 'cifar10'}", "val")  # split folders there, but not this one
     for other in (with_split, no_split):
         assert torch.equal(other.images, from_dir.images) and torch.equal(other.labels, from_dir.labels)
 

@@ -124,6 +124,9 @@ def find_source(name: str, split: str = "train", root=None, download: bool | Non
     )
 
 
+_SPLIT_NAMES = {"train", "test", "val", "valid", "validation", "unlabeled", "test_unlabeled"}
+
+
 def _adhoc_source(name: str, split: str):
     kind, _, raw = name.partition(":")
     path = Path(raw).expanduser()
@@ -131,10 +134,13 @@ def _adhoc_source(name: str, split: str):
         if not path.is_file():
             raise DatasetNotFound(f"archive {path} not found (from {name!r}); give an existing <...>.tar.gz path")
         return ArchiveSource(path, split)
-    if (path / split).is_dir():
-        path = path / split
     if not path.is_dir():
         raise DatasetNotFound(f"ImageFolder directory {path} not found (from {name!r}); expected <dir>/<class>/<file>")
+    if (path / split).is_dir():
+        return FolderSource(path / split)
+    split_dirs = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name in _SPLIT_NAMES)
+    if split_dirs:
+        raise DatasetNotFound(f"{path} has split folders {split_dirs} but no {split!r} (from {name!r})")
     return FolderSource(path)
 
 
