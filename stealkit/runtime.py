@@ -29,10 +29,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op on CPU (bf16 matmuls on CPU are slower, not faster)."""
+def autocast(device: torch.device, enabled: bool = True, cache: bool = True):
+    """bf16 autocast on CUDA; a no-op on CPU (bf16 matmuls on CPU are slower, not faster).
+    cache=False inside CUDA-graph capture (the autocast weight cache must not outlive it)."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return nullcontext()
 
 

@@ -14,15 +14,17 @@ import torch
 import torch.nn as nn
 
 
-def make_optimizer(params, name: str = "adam", lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, device: torch.device | None = None):
-    """"adam" | "sgd" | "adamw" -> torch optimiser (fused on CUDA where available)."""
-    fused = {"fused": True} if device is not None and device.type == "cuda" else {}
+def make_optimizer(params, name: str = "adam", lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+                   device: torch.device | None = None, capturable: bool = False):
+    """"adam" | "sgd" | "adamw" -> torch optimiser (fused on CUDA; capturable for CUDA-graph capture)."""
+    cuda = device is not None and device.type == "cuda"
+    adam_kw = {"fused": True, "capturable": capturable} if cuda else {}
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **adam_kw)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adam_kw)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **({"foreach": True} if cuda else {}))
     raise ValueError(f"unknown optimizer {name!r}; choose adam, adamw or sgd")
 
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from stealkit.attacks.base import Attack, StealResult, StrictModel, query_target, register_attack
 from stealkit.augment import Augmenter
+from stealkit.graph_step import TrainStep
 from stealkit.losses import stolen_encoder_loss
 from stealkit.models.encoder import Encoder, build_encoder
 from stealkit.runtime import autocast, pick_device, seed_everything
@@ -50,6 +51,7 @@ class StealConfig(StrictModel):
     seed: int = 0
     checkpoint_every: int = 10
     amp: bool = True
+    cuda_graph: bool = True  # on CUDA, capture the whole training step as one CUDA graph
 
 
 def _augment_all(aug: Augmenter, images: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
@@ -89,7 +91,8 @@ def train_stolen_encoder(
         raise ValueError(f"surrogate set of {n} images is smaller than one batch ({cfg.batch_size}); lower batch_size")
     encoder = build_encoder(cfg.arch, input_size=images.shape[-1], out_dim=dim)
     model = prepare_model(encoder, device).train()
-    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device)
+    use_graph = cfg.cuda_graph and device.type == "cuda"
+    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device, capturable=use_graph)
     if loss_fn is None:
 
         def loss_fn(t, fc, fa, ta):
@@ -102,6 +105,19 @@ def train_stolen_encoder(
     use_aug = cfg.lam > 0 or query_augmented is not None
     aug = Augmenter(cfg.augment, images.shape[-1]).to(device) if use_aug else None
     steps = n // cfg.batch_size  # Algorithm 1, line 8: floor(|D|/S) mini-batches per epoch
+
+    def body(x, t, xa=None, ta=None):
+        """x uint8 S×3×H×W, t S×D answers, xa A(x) (float [0,1] or uint8), ta f_t(A(x)) -> (L, [L, L1, L2])."""
+        with autocast(device, cfg.amp, cache=not use_graph):
+            if xa is not None:
+                both = torch.cat([x.float() / 255.0, xa.float() / 255.0 if xa.dtype == torch.uint8 else xa])
+                fc, fa = model(both).float().chunk(2)
+            else:
+                fc, fa = model(x).float(), None
+        loss, l1, l2 = loss_fn(t, fc, fa, ta)
+        return loss, torch.stack([loss.detach(), l1.detach(), l2.detach()])
+
+    step = TrainStep(model, opt, body, use_graph=use_graph)
     bar = tqdm(range(start, cfg.epochs), desc=f"steal {cfg.arch}", unit="ep", disable=not progress, initial=start, total=cfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -118,19 +134,8 @@ def train_stolen_encoder(
         sums = torch.zeros(3, device=device)
         for i in range(steps):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, t = X[idx], T[idx]
-            with autocast(device, cfg.amp):
-                if A is not None:
-                    xa = A[idx]
-                    both = torch.cat([x.float() / 255.0, xa.float() / 255.0 if xa.dtype == torch.uint8 else xa])
-                    fc, fa = model(both).float().chunk(2)
-                else:
-                    fc, fa = model(x).float(), None
-            loss, l1, l2 = loss_fn(t, fc, fa, None if TA is None else TA[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach(), l1.detach(), l2.detach()])
+            batch = [X[idx], T[idx]] + ([A[idx]] if A is not None else []) + ([TA[idx]] if TA is not None else [])
+            sums += step(*batch)
         means = (sums / max(steps, 1)).tolist()
         log.append({"epoch": epoch + 1, "loss": means[0], "l1": means[1], "l2": means[2], "aug_queries": billed, "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{means[0]:.4f}")

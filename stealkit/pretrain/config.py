@@ -45,4 +45,5 @@ class PretrainConfig(BaseModel):
     knn_k: int = 200
     amp: bool = True
     compile: bool = False
+    cuda_graph: bool = True  # on CUDA, replay each training step as one captured CUDA graph
     device: str = "auto"

@@ -18,6 +18,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from stealkit.augment import Augmenter
+from stealkit.graph_step import TrainStep
 from stealkit.losses import moco_infonce, nt_xent
 from stealkit.models.encoder import Encoder, build_encoder, embed
 from stealkit.pretrain.config import PretrainConfig
@@ -105,8 +106,16 @@ def pretrain(
     model = (SimCLRModel if cfg.method == "simclr" else MoCoModel)(encoder, cfg)
     model = prepare_model(model, device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device)
+    use_graph = cfg.cuda_graph and device.type == "cuda" and not cfg.compile
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device, capturable=use_graph)
     step_loss = torch.compile(model.loss) if cfg.compile else model.loss
+
+    def body(v1, v2):
+        with autocast(device, cfg.amp, cache=not use_graph):
+            loss = step_loss(v1, v2)
+        return loss, loss.detach()
+
+    step = TrainStep(model, opt, body, use_graph=use_graph)
     state = TrainState(state_path)
     start, log, _ = state.load({"model": model}, opt, map_location=device)
     X = images.to(device)
@@ -121,12 +130,7 @@ def pretrain(
         total = torch.zeros((), device=device)
         for i in range(steps):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            with autocast(device, cfg.amp):
-                loss = step_loss(V1[idx], V2[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+            total += step(V1[idx], V2[idx])
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
