@@ -46,7 +46,7 @@ def infonce_loss(stolen: torch.Tensor, target: torch.Tensor, temperature: float 
     z = F.normalize(torch.cat([s, t]), dim=1)
     sim = (z @ z.t()) / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    positives = torch.arange(2 * n, device=z.device).roll(n)  # stolen_i <-> target_i (built on device: CUDA-graph safe)
     return F.cross_entropy(sim, positives)
 
 
@@ -64,7 +64,7 @@ def soft_nn_loss(stolen: torch.Tensor, target: torch.Tensor, temperature: float 
     z = torch.cat([s, t]).double()
     d = torch.cdist(z, z).pow(2)
     logits = (-d / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    positives = torch.arange(2 * n, device=z.device).roll(n)  # stolen_i <-> target_i (built on device: CUDA-graph safe)
     log_ratio = logits.gather(1, positives[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
     return (-log_ratio.mean()).float()
 
