@@ -138,12 +138,19 @@ class ExperimentConfig(Strict):
 
 
 def set_dotted(d: dict, path: str, value: Any) -> None:
+    """set_dotted(cfg, "attacks.0.config.epochs", 5): dots walk dicts; integer parts index lists."""
     keys = path.split(".")
     for k in keys[:-1]:
+        if isinstance(d, list):
+            d = d[int(k)]
+            continue
         if d.get(k) is None:
             d[k] = {}
         d = d[k]
-    d[keys[-1]] = value
+    if isinstance(d, list):
+        d[int(keys[-1])] = value
+    else:
+        d[keys[-1]] = value
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

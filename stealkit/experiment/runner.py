@@ -40,6 +40,7 @@ class Run:
         self.echo = echo
         (self.dir / "config.resolved.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         self.features = FeatureCache(self.dir / "features")
+        self.stage_seconds: dict[str, float] = {}
 
     def metric(self, **entry) -> None:
         entry = {"time": time.time(), **entry}
@@ -180,6 +181,7 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
         }
         r.setdefault("downstream", {})[ds_spec.name] = entry
         run.metric(stage="probe", row=r["key"], dataset=ds_spec.name, **entry)
+    run.stage_seconds[f"probe:{ds_spec.name}"] = seconds
     run.echo(f"probed {ds_spec.name}: {len(results)} {cfg.probe.kind} probes in {seconds:.1f}s")
 
 
@@ -194,8 +196,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
         label = _row_label(row)
         try:
             if vkey not in victims:
+                t0 = time.perf_counter()
                 victims[vkey] = get_victim(row["victim"], cfg.data_root, str(device), cfg.progress, echo)
                 victim_infos[vkey] = victims[vkey][1]
+                run.stage_seconds[f"victim:{vkey}"] = time.perf_counter() - t0
             venc, vinfo = victims[vkey]
             out = steal_row(run, row, venc, vinfo, device)
         except (DatasetNotFound, FileNotFoundError) as exc:
@@ -226,6 +230,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
         "failures": failures,
         "missing_downstream": missing_ds,
         "sweep": cfg.sweep.model_dump() if cfg.sweep else None,
+        "stage_seconds": run.stage_seconds,
         "wall_seconds": time.perf_counter() - t_start,
     }
     (run.dir / "results.json").write_text(json.dumps(results, indent=2, default=str))

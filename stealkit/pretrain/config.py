@@ -47,3 +47,4 @@ class PretrainConfig(BaseModel):
     compile: bool = False
     cuda_graph: bool = True  # on CUDA, replay each training step as one captured CUDA graph
     device: str = "auto"
+    time_limit_s: float | None = None  # stop (and save) after the epoch that crosses this wall-clock budget

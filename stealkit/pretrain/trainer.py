@@ -122,6 +122,7 @@ def pretrain(
     aug = Augmenter(cfg.augment, images.shape[-1]).to(device)
     steps = n // cfg.batch_size
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.method} {cfg.arch}", unit="ep", disable=not progress, initial=start, total=cfg.epochs)
+    t_begin = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
         seed_epoch(cfg.seed, epoch)
@@ -135,7 +136,8 @@ def pretrain(
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "loss": (total / steps).item(), "seconds": seconds, "images_per_s": 2 * steps * cfg.batch_size / seconds}
-        last = epoch + 1 == cfg.epochs
+        out_of_time = cfg.time_limit_s is not None and time.perf_counter() - t_begin > cfg.time_limit_s
+        last = epoch + 1 == cfg.epochs or out_of_time
         if monitor is not None and ((cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) or last):
             entry["knn_acc"] = monitor(model.encoder)
             model.train()
@@ -145,6 +147,9 @@ def pretrain(
         bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k in ("loss", "knn_acc")})
         if (epoch + 1) % cfg.checkpoint_every == 0 or last:
             state.save({"model": model}, opt, epoch + 1, log)
+        if out_of_time:
+            entry["stopped"] = f"time limit of {cfg.time_limit_s:.0f} s reached after epoch {epoch + 1} of {cfg.epochs}"
+            break
     return model.encoder.cpu().eval(), log
 
 

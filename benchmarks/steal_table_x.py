@@ -1,0 +1,57 @@
+"""Benchmark (issue 3): Table II/X on a CIFAR-10 victim — StolenEncoder and its baselines — with wall
+time per stage, next to the paper's numbers. Runs `configs/table_x_cifar10.yaml` through the runner.
+
+    python benchmarks/steal_table_x.py --data-root ../shared/data \
+        --set victim.checkpoint=runs/bench/victim-cifar10-simclr-resnet18.safetensors --set victim.pretrain=null
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from stealkit.experiment.config import load_config
+from stealkit.experiment.runner import run_experiment
+
+PAPER = {  # 004, Table X (5% surrogate, GTSRB) and Table II (CIFAR-10 rows)
+    "gtsrb": {"TA": 80.67, "StolenEncoder": 79.43, "StolenEncoder-w/o-aug": 51.50, "StolenEncoder-query-aug": 78.91, "Pre-training-encoder": 71.40},
+    "mnist": {"TA": 97.90, "StolenEncoder": 97.95},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/table_x_cifar10.yaml")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--run-dir", default="runs/bench/table_x")
+    ap.add_argument("--out", default="benchmarks/results/steal_table_x.json")
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    if args.data_root:
+        cfg = cfg.model_copy(update={"data_root": args.data_root})
+    results = run_experiment(cfg, args.run_dir)
+    table = []
+    for r in results["rows"]:
+        for ds, m in r.get("downstream", {}).items():
+            table.append({"attack": r["label"], "downstream": ds, "TA": 100 * m["TA"], "SA": 100 * m["SA"],
+                          "paper_TA": PAPER.get(ds, {}).get("TA"), "paper_SA": PAPER.get(ds, {}).get(r["label"]),
+                          "queries": r["queries"], "query_seconds": r["query_seconds"], "train_seconds": r["train_seconds"],
+                          "cosine_fidelity": m["cosine_fidelity"], "agreement": m["agreement"]})
+    out = {"benchmark": "steal_table_x", "args": vars(args), "device": results["device"], "environment": results["environment"],
+           "seed": results["seed"], "table": table, "stage_seconds": results["stage_seconds"], "wall_seconds": results["wall_seconds"],
+           "failures": results["failures"], "missing_downstream": results["missing_downstream"]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    print(f"{'attack':26s} {'ds':6s} {'TA':>6s} {'SA':>6s} {'paperTA':>8s} {'paperSA':>8s} {'#q':>7s} {'train s':>8s}")
+    for t in table:
+        print(f"{t['attack']:26s} {t['downstream']:6s} {t['TA']:6.2f} {t['SA']:6.2f} {str(t['paper_TA']):>8s} {str(t['paper_SA']):>8s} {t['queries']:7d} {t['train_seconds']:8.1f}")
+    print("stage seconds:", json.dumps(results["stage_seconds"]))
+
+
+if __name__ == "__main__":
+    torch.backends.cudnn.benchmark = True
+    main()
