@@ -22,7 +22,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     sim = z @ z.t() / temperature
     sim.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    targets = torch.arange(2 * n, device=z.device).roll(n)  # view i pairs with view i±n
     return F.cross_entropy(sim, targets)
 
 
