@@ -91,6 +91,7 @@ class ExperimentConfig(Strict):
     victim: VictimSpec | None = None
     victims: list[VictimSpec] | None = None
     defence: dict[str, Any] | None = None
+    defences: list[dict[str, Any] | None] | None = None  # compare several defences (None / {name: none} = undefended)
     attack: AttackSpec | None = None
     attacks: list[AttackSpec] | None = None
     surrogate: SurrogateSpec = SurrogateSpec(name="tiny_imagenet32", fraction_of_victim=0.05)
@@ -101,6 +102,7 @@ class ExperimentConfig(Strict):
     fidelity_limit: int = 1000  # held-out downstream test images used for cosine fidelity
     target: TargetSpec | None = None
     sweep: SweepSpec | None = None
+    verify: dict[str, Any] | None = None  # ownership checks on every stolen encoder (see experiment/verification.py)
     progress: bool = True
 
     @model_validator(mode="after")
@@ -109,7 +111,12 @@ class ExperimentConfig(Strict):
             raise ValueError("give exactly one of 'victim' or 'victims'")
         if self.attack is not None and self.attacks is not None:
             raise ValueError("give 'attack' or 'attacks', not both")
+        if self.defence is not None and self.defences is not None:
+            raise ValueError("give 'defence' or 'defences', not both")
         return self
+
+    def defence_list(self) -> list[dict | None]:
+        return self.defences if self.defences is not None else [self.defence]
 
     def victim_list(self) -> list[VictimSpec]:
         return self.victims or [self.victim]
@@ -118,22 +125,24 @@ class ExperimentConfig(Strict):
         return self.attacks or [self.attack or AttackSpec()]
 
     def rows(self) -> list[dict]:
-        """Expand into rows: {"victim", "attack", "surrogate", "defence", "sweep"} plain dicts."""
+        """Expand into rows: {"victim", "attack", "surrogate", "defence", "sweep"} plain dicts,
+        victims × defences × attacks × sweep values."""
         out = []
         for v in self.victim_list():
-            for a in self.attack_list():
-                for value in self.sweep.values if self.sweep else [None]:
-                    row = {
-                        "victim": v.model_dump(),
-                        "attack": a.model_dump(),
-                        "surrogate": self.surrogate.model_dump(),
-                        "defence": copy.deepcopy(self.defence),
-                        "sweep": None,
-                    }
-                    if self.sweep:
-                        set_dotted(row, self.sweep.param, value)
-                        row["sweep"] = {"param": self.sweep.param, "value": value}
-                    out.append(row)
+            for d in self.defence_list():
+                for a in self.attack_list():
+                    for value in self.sweep.values if self.sweep else [None]:
+                        row = {
+                            "victim": v.model_dump(),
+                            "attack": a.model_dump(),
+                            "surrogate": self.surrogate.model_dump(),
+                            "defence": copy.deepcopy(d) if d and d.get("name", "none") != "none" else None,
+                            "sweep": None,
+                        }
+                        if self.sweep:
+                            set_dotted(row, self.sweep.param, value)
+                            row["sweep"] = {"param": self.sweep.param, "value": value}
+                        out.append(row)
         return out
 
 

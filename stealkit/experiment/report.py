@@ -15,6 +15,8 @@ def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
     defended = any(ds.get("TA_defended") is not None for r in results["rows"] for ds in r.get("downstream", {}).values())
     if defended:
         header.insert(4, "TA honest (%)")
+    checks = sorted({k for r in results["rows"] for k in (r.get("verification") or {})})
+    header += [f"{k} p" for k in checks]
     lines = []
     for r in results["rows"]:
         for name, ds in r.get("downstream", {}).items():
@@ -24,6 +26,9 @@ def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
                     "—" if ds["cosine_fidelity"] is None else f"{ds['cosine_fidelity']:.3f}", _pct(ds["agreement"])]
             if defended:
                 line.insert(4, _pct(ds["TA_defended"]))
+            for k in checks:
+                p = (r.get("verification") or {}).get(k, {}).get("p_value")
+                line.append("—" if p is None else f"{p:.2g}")
             lines.append(line)
     return header, lines
 

@@ -51,6 +51,9 @@ class Run:
 def _row_label(row: dict) -> str:
     a = row["attack"]
     label = a.get("label") or a["name"]
+    if row["defence"]:
+        d = dict(row["defence"])
+        label += " vs " + d.pop("name") + "(" + ",".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, (dict, list))) + ")"
     if row["sweep"]:
         label += f" [{row['sweep']['param'].split('.')[-1]}={row['sweep']['value']}]"
     return label
@@ -150,12 +153,12 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
         names.append(("victim", vkey))
         tr_f.append(feats(venc, train.images, f"{ds_spec.train_split}[{len(train)}]"))
         te_f.append(feats(venc, test.images, f"{ds_spec.test_split}[{len(test)}]"))
-    if cfg.defence and cfg.defence.get("name", "none") != "none":
-        for vkey, (venc, _) in victims.items():
-            honest = LocalTarget(venc, defence=build_defence(cfg.defence), account="honest-user")
-            names.append(("honest", vkey))
-            tr_f.append(extract_features(honest, train.images))
-            te_f.append(extract_features(honest, test.images))
+    # What honest users keep under each defence: the victim's answers as the defence returns them.
+    for vkey, dkey, dspec in {(r["victim_key"], spec_key(r["defence"]), json.dumps(r["defence"], sort_keys=True)) for r in rows if r["defence"]}:
+        honest = LocalTarget(victims[vkey][0], defence=build_defence(json.loads(dspec)), account="honest-user")
+        names.append(("honest", vkey, dkey))
+        tr_f.append(extract_features(honest, train.images))
+        te_f.append(extract_features(honest, test.images))
     for r in rows:
         names.append(("stolen", r["key"]))
         tr_f.append(feats(r["encoder"], train.images, f"{ds_spec.train_split}[{len(train)}]"))
@@ -167,7 +170,7 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
     for r in rows:
         vres, vte = by[("victim", r["victim_key"])]
         sres, ste = by[("stolen", r["key"])]
-        hres = by.get(("honest", r["victim_key"]), (None, None))[0]
+        hres = by.get(("honest", r["victim_key"], spec_key(r["defence"])), (None, None))[0]
         m = min(cfg.fidelity_limit, len(test))
         entry = {
             "TA": vres["accuracy"],
@@ -217,6 +220,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
         except (DatasetNotFound, FileNotFoundError) as exc:
             echo(f"downstream {ds.name} skipped: {exc}")
             missing_ds.append({"dataset": ds.name, "error": str(exc)})
+    if cfg.verify and rows_out:
+        from stealkit.experiment.verification import verify_rows
+
+        t0 = time.perf_counter()
+        verify_rows(run, {k: victims[k] for k in {r["victim_key"] for r in rows_out}}, rows_out, device)
+        run.stage_seconds["verify"] = time.perf_counter() - t0
     results = {
         "name": cfg.name,
         "description": cfg.description,
