@@ -7,6 +7,12 @@ with the attacker's settings: `train_shadow`); d, λ and A are the attacker's to
 flip+jitter+gray by default). Solved per query by projected gradient ascent (PGA) from a random
 start in the ball, keeping each query's best iterate (never worse than δ = 0).
 Shapes: features N×D float32, images uint8 N×3×H×W -> N×D.
+
+`shadow` is an Encoder, a checkpoint path, or (for configs) a spec the defence trains once and
+caches under STEALKIT_CACHE/shadows:
+    shadow: {victim: <victim block: checkpoint or pretrain>, data: {name: cifar10, split: train},
+             config: {<the attacker's StolenEncoder settings>}, data_root: null}
+With a spec, d, λ, A and normalize default to the spec's config (the paper's strong defender).
 """
 
 from __future__ import annotations
@@ -43,10 +49,10 @@ class FeaturePoisoning(Defence):
         shadow,
         epsilon: float,
         norm: str | int | float = "l2",
-        lam: float = 20.0,
-        distance: str = "l2",
-        normalize: bool = False,
-        augment: str = "flip+jitter+gray",
+        lam: float | None = None,
+        distance: str | None = None,
+        normalize: bool | None = None,
+        augment: str | None = None,
         steps: int = 10,
         step_size: float | None = None,
         random_start: bool = True,
@@ -62,6 +68,14 @@ class FeaturePoisoning(Defence):
         if epsilon < 0 or steps < 1:
             raise ValueError(f"need epsilon >= 0 and steps >= 1, got {epsilon}, {steps}")
         self.device = pick_device(device)
+        attacker = {}
+        if isinstance(shadow, dict):
+            attacker = dict(shadow.get("config") or {})
+            shadow = shadow_from_spec(shadow, device=str(self.device))
+        lam = attacker.get("lam", 20.0) if lam is None else lam
+        distance = attacker.get("distance", "l2") if distance is None else distance
+        normalize = attacker.get("normalize", False) if normalize is None else normalize
+        augment = attacker.get("augment", "flip+jitter+gray") if augment is None else augment
         if isinstance(shadow, (str, Path)):
             from stealkit.models.checkpoint import load_encoder
 
@@ -164,3 +178,33 @@ def train_shadow(target, provider_images: torch.Tensor, config=None, *, device=N
     result = train_stolen_encoder(provider_images, feats, config, device=device, progress=False)
     encoder = result[0] if isinstance(result, tuple) else result
     return getattr(encoder, "encoder", encoder)
+
+
+SHADOW_KEYS = {"victim", "data", "config", "data_root"}
+
+
+def shadow_from_spec(spec: dict, device: str | None = None):
+    """{victim, data, config[, data_root]} -> the provider's shadow encoder, trained once and cached
+    (STEALKIT_CACHE/shadows/shadow-<hash of the spec>) so every row and every honest-user evaluation
+    of a config shares it. The victim comes from get_victim (itself cached by its settings)."""
+    from stealkit.data import resolve_cache_dir
+    from stealkit.experiment.config import VictimSpec
+    from stealkit.experiment.victims import get_victim, load_data, spec_key
+    from stealkit.models.checkpoint import checkpoint_exists, load_encoder, save_encoder
+    from stealkit.pretrain.config import DataSpec
+
+    unknown = set(spec) - SHADOW_KEYS
+    if unknown or "victim" not in spec or "data" not in spec:
+        raise ValueError(f"poisoning shadow spec needs 'victim' and 'data' (optional 'config', 'data_root'); got keys {sorted(spec)}")
+    victim = VictimSpec(**spec["victim"]).model_dump()
+    data = DataSpec(**spec["data"])
+    config = dict(spec.get("config") or {})
+    key = spec_key({"victim": victim, "data": data.model_dump(), "config": config})
+    path = resolve_cache_dir() / "shadows" / f"shadow-{key}"
+    if checkpoint_exists(path):
+        return load_encoder(path)
+    encoder, _ = get_victim(victim, spec.get("data_root"), device or "auto", progress=False, log=lambda m: None)
+    images = load_data(data, spec.get("data_root")).images
+    shadow = train_shadow(encoder, images, config, device=device)
+    save_encoder(shadow, path, role="poisoning shadow (004 Section VII-C)", victim=victim, data=data.model_dump(), config=config)
+    return shadow
