@@ -94,9 +94,12 @@ def dataset_inference(
     alpha: float = 0.01,
     seed: int = 0,
     batch_size: int = 512,
+    gmm_cache: dict | None = None,
 ) -> DatasetInferenceResult:
     """Is `suspect` the victim or stolen from it? private_images: the victim's training images (uint8
-    N×3×H×W); public_images: held-out images of the same distribution (M×3×H×W) -> DatasetInferenceResult."""
+    N×3×H×W); public_images: held-out images of the same distribution (M×3×H×W) -> DatasetInferenceResult.
+    gmm_cache: a dict kept by the caller to reuse the victim's fitted mixture across suspects (fit_on="victim";
+    keyed by the victim object, the images and the mixture settings)."""
     if not 0 < fit_fraction < 1:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
     if fit_on not in ("victim", "suspect"):
@@ -110,7 +113,13 @@ def dataset_inference(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     fit_imgs, train_imgs = private_images[perm[:n_fit]], private_images[perm[n_fit:]]
     fitter = victim if fit_on == "victim" else suspect
-    gmm = fit_gmm(representations(fitter, fit_imgs, batch_size, normalize), n_components, covariance_type, seed)
+    key = (id(victim), id(private_images), n_fit, seed, n_components, covariance_type, normalize)
+    if fit_on == "victim" and gmm_cache is not None and key in gmm_cache:
+        gmm = gmm_cache[key]
+    else:
+        gmm = fit_gmm(representations(fitter, fit_imgs, batch_size, normalize), n_components, covariance_type, seed)
+        if fit_on == "victim" and gmm_cache is not None:
+            gmm_cache[key] = gmm
     ll_train = gmm.score_samples(representations(suspect, train_imgs, batch_size, normalize))
     ll_test = gmm.score_samples(representations(suspect, public_images, batch_size, normalize))
     t, p = welch_greater(ll_train, ll_test)
