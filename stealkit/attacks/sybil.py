@@ -39,6 +39,7 @@ class SybilConfig(LossStealConfig):
     overlap: int = 0  # images asked through every account to align their answer spaces
     align: Literal["affine", "orthogonal", "none"] = "affine"
     split: Literal["contiguous", "round-robin"] = "contiguous"
+    accounts: int = 1  # given one LocalTarget (e.g. from an experiment config), ask through this many of its accounts
 
 
 def fit_alignment(source: torch.Tensor, reference: torch.Tensor, kind: str = "affine"):
@@ -78,6 +79,26 @@ class Sybil(LossStealAttack):
             return lambda t, fc, fa, ta: stolen_encoder_loss(t, fc, fa, cfg.lam, cfg.distance, cfg.normalize, cfg.reduction)
         return make_loss_fn(self.pair_loss, cfg.lam, cfg.clean_weight)
 
+    def fan_out(self, target) -> list:
+        """One target -> `accounts` targets: copies of a LocalTarget under accounts "<account>#j" that share
+        its encoder and defence (so per-account defence state sees several callers); each has its own budget."""
+        import copy
+
+        from stealkit.targets.local import LocalTarget
+
+        if self.config.accounts < 1:
+            raise ValueError(f"accounts must be >= 1, got {self.config.accounts}")
+        if self.config.accounts == 1:
+            return [target]
+        if not isinstance(target, LocalTarget):
+            raise ValueError("sybil with accounts > 1 needs a list of targets (one per API key) or a LocalTarget to fan out")
+        out = []
+        for j in range(self.config.accounts):
+            t = copy.copy(target)
+            t.account, t.queries = f"{target.account}#{j}", 0
+            out.append(t)
+        return out
+
     def shards(self, n: int, accounts: int) -> list[torch.Tensor]:
         """Indices of the images each account asks for (beyond the overlap, which account 0 owns)."""
         cfg = self.config
@@ -93,7 +114,7 @@ class Sybil(LossStealAttack):
         cfg = self.config
         if cfg.query_aug:
             raise ValueError("sybil does not support query_aug")
-        targets = list(target) if isinstance(target, (list, tuple)) else [target]
+        targets = list(target) if isinstance(target, (list, tuple)) else self.fan_out(target)
         k, n = len(targets), len(surrogate)
         if cfg.overlap > n:
             raise ValueError(f"overlap {cfg.overlap} is larger than the surrogate set ({n})")
