@@ -1,5 +1,5 @@
 """Benchmark (issue 3): Table II/X on a CIFAR-10 victim — StolenEncoder and its baselines — with wall
-time per stage, next to the paper's numbers. Runs `configs/table_x_cifar10.yaml` through the runner.
+time per stage, next to the paper's numbers. Runs `configs/table10_variants_cifar10.yaml` through the runner.
 
     python benchmarks/steal_table_x.py --data-root ../shared/data \
         --set victim.checkpoint=runs/bench/victim-cifar10-simclr-resnet18.safetensors --set victim.pretrain=null
@@ -24,7 +24,7 @@ PAPER = {  # 004, Table X (5% surrogate, GTSRB) and Table II (CIFAR-10 rows)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/table_x_cifar10.yaml")
+    ap.add_argument("--config", default="configs/table10_variants_cifar10.yaml")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--run-dir", default="runs/bench/table_x")
