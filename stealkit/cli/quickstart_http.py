@@ -51,8 +51,8 @@ def print_ledger(rows: list[dict], runner_queries: int, price_per_1000: float) -
     """Print the ledger table and the reconciliation line; -> True when ledger total == runner's queries."""
     from rich.table import Table
 
-    table = Table(title="EaaS ledger (what the provider billed)")
-    for h in ("account", "queries", "requests", "cost ($)", "quota", "GET /v1/usage queries", "GET /v1/usage cost ($)"):
+    table = Table(title="EaaS ledger (what the provider billed; API = GET /v1/usage)")
+    for h in ("account", "queries", "requests", "cost ($)", "quota", "API queries", "API cost ($)"):
         table.add_column(h, justify="left" if h == "account" else "right")
     for r in rows:
         table.add_row(
