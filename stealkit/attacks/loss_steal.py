@@ -16,21 +16,17 @@ Shapes: surrogate uint8 N×3×H×W, answers N×D, stolen encoder N×3×H×W -> N
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 
-from stealkit.attacks.base import Attack, StealResult, query_target, register_attack
-from stealkit.attacks.stolen_encoder import StealConfig, cached_query, train_stolen_encoder
+from stealkit.attacks.base import register_attack
+from stealkit.attacks.stolen_encoder import StealConfig, StolenEncoder
 from stealkit.losses_stealing import infonce_loss, mse_loss, soft_nn_loss, wasserstein_loss
-
 
 class LossStealConfig(StealConfig):
     lam: float = 1.0  # weight of ℓ(f_s(A(x)), f_t(x)); 0 trains on clean images only
     clean_weight: float = 0.0  # weight of ℓ(f_s(x), f_t(x))
-
 
 def make_loss_fn(pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lam: float, clean_weight: float):
     """`train_stolen_encoder` hook: (target, stolen_clean, stolen_aug, target_aug) -> (L, L1, L2).
@@ -51,9 +47,9 @@ def make_loss_fn(pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     return loss_fn
 
-
-class LossStealAttack(Attack):
-    """Base: subclasses set `Config` and implement `pair_loss(stolen, target) -> scalar`."""
+class LossStealAttack(StolenEncoder):
+    """Base: subclasses set `Config` and implement `pair_loss(stolen, target) -> scalar`; querying (exactly
+    |D| queries, none on a cached rerun), caching and training are StolenEncoder's."""
 
     Config = LossStealConfig
 
@@ -63,47 +59,6 @@ class LossStealAttack(Attack):
     def loss_fn(self):
         return make_loss_fn(self.pair_loss, self.config.lam, self.config.clean_weight)
 
-    def steal(self, target, surrogate, *, device=None, workdir=None, progress=True) -> StealResult:
-        """Spends exactly |D| = len(surrogate) queries (query_aug: (e+1)·|D|), none on a cached rerun."""
-        cfg = self.config
-        workdir = Path(workdir) if workdir else None
-        t0 = time.perf_counter()
-        cache = workdir / "queries.safetensors" if workdir else None
-        feats, billed, new = cached_query(target, surrogate.images, cache, cfg.query_batch_size, progress)
-        query_seconds = time.perf_counter() - t0
-
-        def query_augmented(batch: torch.Tensor) -> tuple[torch.Tensor, int]:
-            before = target.queries
-            return query_target(target, batch, cfg.query_batch_size), target.queries - before
-
-        t1 = time.perf_counter()
-        encoder, log = train_stolen_encoder(
-            surrogate.images,
-            feats,
-            cfg,
-            device=device,
-            query_augmented=query_augmented if cfg.query_aug else None,
-            state_path=workdir / "train_state.pt" if workdir else None,
-            progress=progress,
-            loss_fn=self.loss_fn(),
-        )
-        aug_queries = sum(int(e.get("aug_queries", 0)) for e in log)
-        return StealResult(
-            encoder=encoder,
-            queries=billed + aug_queries,
-            log=log,
-            query_seconds=query_seconds,
-            train_seconds=time.perf_counter() - t1,
-            info={
-                "attack": self.name,
-                "surrogate": surrogate.name,
-                "surrogate_size": len(surrogate),
-                "queries_from_cache": billed - new,
-                "config": cfg.model_dump(),
-            },
-        )
-
-
 @register_attack("steal-mse")
 class StealMSE(LossStealAttack):
     """ICML'22 MSE: mean squared error between f_s(A(x)) and f_t(x)."""
@@ -111,10 +66,8 @@ class StealMSE(LossStealAttack):
     def pair_loss(self, stolen, target):
         return mse_loss(stolen, target)
 
-
 class InfoNCEConfig(LossStealConfig):
     temperature: float = 0.07
-
 
 @register_attack("steal-infonce")
 class StealInfoNCE(LossStealAttack):
@@ -125,10 +78,8 @@ class StealInfoNCE(LossStealAttack):
     def pair_loss(self, stolen, target):
         return infonce_loss(stolen, target, self.config.temperature)
 
-
 class SoftNNConfig(LossStealConfig):
     temperature: float = 100.0
-
 
 @register_attack("steal-softnn")
 class StealSoftNN(LossStealAttack):
@@ -139,10 +90,8 @@ class StealSoftNN(LossStealAttack):
     def pair_loss(self, stolen, target):
         return soft_nn_loss(stolen, target, self.config.temperature)
 
-
 class WassersteinConfig(LossStealConfig):
     wasserstein_normalize: Literal["sum", "softmax"] = "sum"
-
 
 @register_attack("steal-wasserstein")
 class StealWasserstein(LossStealAttack):

@@ -166,7 +166,12 @@ class StolenEncoder(Attack):
 
     Config = StealConfig
 
+    def loss_fn(self):
+        """The `train_stolen_encoder` loss hook; None = Eq. (7). Attacks with other losses override it."""
+        return None
+
     def steal(self, target, surrogate, *, device=None, workdir=None, progress=True) -> StealResult:
+        """Query once per surrogate image (answers cached in workdir), then train; returns the billed total."""
         cfg = self.config
         workdir = Path(workdir) if workdir else None
         t0 = time.perf_counter()
@@ -187,6 +192,7 @@ class StolenEncoder(Attack):
             query_augmented=query_augmented if cfg.query_aug else None,
             state_path=workdir / "train_state.pt" if workdir else None,
             progress=progress,
+            loss_fn=self.loss_fn(),
         )
         aug_queries = sum(int(e.get("aug_queries", 0)) for e in log)
         return StealResult(
@@ -195,7 +201,7 @@ class StolenEncoder(Attack):
             log=log,
             query_seconds=query_seconds,
             train_seconds=time.perf_counter() - t1,
-            info={"surrogate": surrogate.name, "surrogate_size": len(surrogate), "queries_from_cache": billed - new, "config": cfg.model_dump()},
+            info={"attack": self.name, "surrogate": surrogate.name, "surrogate_size": len(surrogate), "queries_from_cache": billed - new, "config": cfg.model_dump()},
         )
 
 
