@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -22,8 +23,13 @@ def apply_data_root(data_root: str | None) -> None:
         os.environ["STEALKIT_DATA"] = str(data_root)
 
 
+def echo(message: str) -> None:
+    """Progress lines from the runner, printed dim and without markup (labels contain [..])."""
+    console.print(f"[dim]{escape(message)}[/]")
+
+
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(str(message))}")
     raise typer.Exit(code=2)
 
 
@@ -31,13 +37,13 @@ def print_results(results: dict) -> None:
     from stealkit.experiment.report import results_table
 
     header, lines = results_table(results)
-    table = Table(title=results["name"])
+    table = Table(title=escape(results["name"]))
     for h in header:
         table.add_column(h, justify="right" if h[0].isupper() or h.startswith(("#", "cost", "cos", "agree")) else "left")
     for line in lines:
-        table.add_row(*line)
+        table.add_row(*[escape(c) for c in line])
     console.print(table)
     for f in results.get("failures", []):
-        console.print(f"[yellow]skipped[/] {f['label']}: {f['error']}")
+        console.print(f"[yellow]skipped[/] {escape(f['label'])}: {escape(f['error'])}")
     for f in results.get("missing_downstream", []):
-        console.print(f"[yellow]skipped downstream[/] {f['dataset']}: {f['error']}")
+        console.print(f"[yellow]skipped downstream[/] {escape(f['dataset'])}: {escape(f['error'])}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stealkit.cli.common import console, fail, print_results
+from stealkit.cli.common import console, echo, fail, print_results
 
 ACCOUNT = "attacker"
 
@@ -96,7 +96,6 @@ def quickstart_over_http(config_path: str | Path, overrides: list[str] | None, r
     if cfg.defences is not None and any(d and d.get("name", "none") != "none" for d in cfg.defences):
         fail("quickstart --serve serves one defence: use 'defence:', not 'defences:'")
     run_dir.mkdir(parents=True, exist_ok=True)
-    echo = lambda m: console.print(f"[dim]{m}[/]")  # noqa: E731
 
     victim_path = prepare_victim(cfg, run_dir, echo)
     ledger_path = run_dir / "ledger.sqlite"
@@ -128,6 +127,7 @@ def quickstart_over_http(config_path: str | Path, overrides: list[str] | None, r
     (run_dir / "ledger_view.json").write_text(json.dumps(results["ledger"], indent=2))
     for r in results["rows"]:
         for ds, m in r.get("downstream", {}).items():
-            console.print(f"{r['label']}: SA/TA on {ds} = {100 * m['SA/TA']:.1f}% with {r['queries']} queries over HTTP (${r['cost']:.2f})")
+            ratio = "—" if m["SA/TA"] is None else f"{100 * m['SA/TA']:.1f}%"
+            console.print(f"{r['label']}: SA/TA on {ds} = {ratio} with {r['queries']} queries over HTTP (${r['cost']:.2f})", markup=False)
     console.print(f"run directory: {run_dir}  (results.json, report.md, ledger.sqlite, ledger_view.json)")
     return results

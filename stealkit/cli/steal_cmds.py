@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from stealkit.cli.app import app
-from stealkit.cli.common import apply_data_root, console, fail, packaged_config, print_results
+from stealkit.cli.common import apply_data_root, console, echo, fail, packaged_config, print_results
 
 
 def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root: Optional[str]):
@@ -24,7 +25,7 @@ def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root:
         fail(f"bad config {config_path}: {exc}")
     if data_root:
         cfg = cfg.model_copy(update={"data_root": data_root})
-    results = run_experiment(cfg, run_dir, echo=lambda m: console.print(f"[dim]{m}[/]"))
+    results = run_experiment(cfg, run_dir, echo=echo)
     print_results(results)
     out = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
     console.print(f"run directory: {out}  (results.json, report.md, plot.png)")
@@ -59,4 +60,5 @@ def quickstart(
     results = _run(path, set_, run_dir, None)
     for r in results["rows"]:
         for ds, m in r.get("downstream", {}).items():
-            console.print(f"{r['label']}: SA/TA on {ds} = {100 * m['SA/TA']:.1f}% with {r['queries']} queries (${r['cost']:.2f})")
+            ratio = "—" if m["SA/TA"] is None else f"{100 * m['SA/TA']:.1f}%"
+            console.print(f"{escape(r['label'])}: SA/TA on {ds} = {ratio} with {r['queries']} queries (${r['cost']:.2f})", markup=False)

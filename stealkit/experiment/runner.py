@@ -191,6 +191,10 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, echo=print) -> dict:
     """Run every row of `cfg`; returns the results dict also written to results.json."""
     t_start = time.perf_counter()
+    if cfg.verify:  # fail on a bad verify block now, not after hours of stealing
+        from stealkit.experiment.verification import parse_verify
+
+        parse_verify(cfg.verify)
     run = Run(cfg, run_dir, echo)
     device = pick_device(cfg.device)
     rows_out, victims, victim_infos, failures = [], {}, {}, []
