@@ -2,7 +2,7 @@
 
 Checks the science the quickstart is there to show: the pre-trained victim beats a random encoder
 (TA > random), and StolenEncoder beats both its w/o-aug variant and a random encoder on SA, while
-spending exactly |D| = 500 queries.
+spending exactly |D| = 250 queries.
 """
 
 import json
@@ -23,7 +23,7 @@ def test_quickstart_end_to_end(tmp_path, monkeypatch):
     res = json.loads((tmp_path / "qs" / "results.json").read_text())
     rows = {r["attack"]: r for r in res["rows"]}
     se, wo, rnd = rows["stolenencoder"], rows["stolenencoder-wo-aug"], rows["random-init"]
-    assert se["queries"] == wo["queries"] == 500 and rnd["queries"] == 0
+    assert se["queries"] == wo["queries"] == 250 and rnd["queries"] == 0
     sa = {k: r["downstream"]["digits"]["SA"] for k, r in rows.items()}
     ta = se["downstream"]["digits"]["TA"]
     print("quickstart TA", ta, "SA", sa)

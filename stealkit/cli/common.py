@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 console = Console()
+if not console.is_terminal:  # logs and pipes: do not squeeze the results table into 80 columns
+    console = Console(width=160)
 
 
 def packaged_config(name: str) -> Path:
@@ -37,7 +39,12 @@ def print_results(results: dict) -> None:
     from stealkit.experiment.report import results_table
 
     header, lines = results_table(results)
-    table = Table(title=escape(results["name"]))
+    victims = {line[0] for line in lines}
+    title = results["name"]
+    if len(victims) == 1:  # one victim: name it in the title and keep the table narrow
+        title += f" — victim {victims.pop()}"
+        header, lines = header[1:], [line[1:] for line in lines]
+    table = Table(title=escape(title))
     for h in header:
         table.add_column(h, justify="right" if h[0].isupper() or h.startswith(("#", "cost", "cos", "agree")) else "left")
     for line in lines:
