@@ -29,7 +29,10 @@ def shared_data():
     return require_shared()
 
 
-@pytest.fixture(autouse=True)
-def _small_threads():
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+@pytest.fixture
+def one_thread():
+    """Tiny, latency-bound models run as fast on one thread, and far faster when other work shares the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ import stealkit.attacks.loss_steal  # noqa: F401  (registers steal-*)
 TINY = {"arch": "cnn_tiny", "batch_size": 32, "amp": False, "lr": 3e-3, "augment": "flip+gray"}  # colour jitter is slow on CPU
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small convolutions run faster on one thread, and far faster when other work shares the cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from stealkit.verify.watermark import rotation_head, save_watermarked
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _verify_block(**extra) -> dict:

@@ -28,13 +28,7 @@ from stealkit.probes import (
 from stealkit.probes.mlp import BatchedMLP
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These probes are tiny and latency-bound: one thread is as fast and immune to a busy CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def blobs(n, d=32, c=4, sep=4.0, seed=0):

@@ -11,12 +11,11 @@ import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 import torch
 
 from stealkit.models.checkpoint import save_encoder
-from stealkit.models.encoder import build_encoder, embed
+from stealkit.models.encoder import build_encoder
 from stealkit.service import Ledger, ServiceSettings, create_app
 from stealkit.service.background import free_port, serve_in_thread
 from stealkit.targets.local import LocalTarget

@@ -24,13 +24,7 @@ from stealkit.verify.watermark import (
 SIZE = 16  # 16×16 images keep every training run here to a few seconds on one core
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small convolutions run faster on one thread, and far faster when other work shares the cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _memorise(images: torch.Tensor, seed: int, classes: int = 4, epochs: int = 40) -> nn.Module:
