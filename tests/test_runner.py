@@ -45,7 +45,7 @@ def test_run_writes_run_directory_and_reuses_work(tmp_path):
     assert 0 <= d["TA"] <= 1 and 0 <= d["SA"] <= 1 and d["SA/TA"] == pytest.approx(d["SA"] / d["TA"])
     assert -1 <= d["cosine_fidelity"] <= 1 and 0 <= d["agreement"] <= 1
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved["rows"][0]["queries"] == 64 and "environment" in saved
+    assert saved["rows"][0]["queries"] == 64 and "environment" in saved and saved["complete"] is True
     assert "| tiny | stolenencoder | digits |" in (tmp_path / "run" / "report.md").read_text()
     # a rerun pays nothing and trains nothing: victim and stolen encoder come from their caches
     messages.clear()
@@ -65,6 +65,19 @@ def test_missing_dataset_is_reported_per_row_not_a_crash(tmp_path):
     assert len(res["rows"]) == 1 and "digits" in res["rows"][0]["downstream"]
     assert res["missing_downstream"][0]["dataset"] == "svhn"
     assert "SKIPPED" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_run_cut_off_midway_leaves_partial_results(tmp_path, monkeypatch):
+    import stealkit.experiment.runner as runner
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # e.g. a time limit hitting during the probes
+
+    monkeypatch.setattr(runner, "evaluate_downstream", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_config(), tmp_path / "run", echo=lambda m: None)
+    partial = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert partial["complete"] is False and partial["rows"][0]["queries"] == 64
 
 
 def test_sweep_gives_one_row_per_value_and_a_plot(tmp_path):

@@ -215,6 +215,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
             continue
         out.update(victim_key=vkey, victim=_victim_name(row["victim"]), attack=row["attack"]["name"], sweep=row["sweep"], defence=row["defence"])
         rows_out.append(out)
+        _write_results(run, device, victim_infos, rows_out, failures, [], t_start, complete=False)
     missing_ds = []
     for ds in cfg.downstream:
         if not rows_out:
@@ -224,15 +225,26 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
         except (DatasetNotFound, FileNotFoundError) as exc:
             echo(f"downstream {ds.name} skipped: {exc}")
             missing_ds.append({"dataset": ds.name, "error": str(exc)})
+        _write_results(run, device, victim_infos, rows_out, failures, missing_ds, t_start, complete=False)
     if cfg.verify and rows_out:
         from stealkit.experiment.verification import verify_rows
 
         t0 = time.perf_counter()
         verify_rows(run, {k: victims[k] for k in {r["victim_key"] for r in rows_out}}, rows_out, device)
         run.stage_seconds["verify"] = time.perf_counter() - t0
+    results = _write_results(run, device, victim_infos, rows_out, failures, missing_ds, t_start, complete=True)
+    write_report(results, run.dir)
+    return results
+
+
+def _write_results(run: Run, device, victim_infos, rows_out, failures, missing_ds, t_start, complete: bool) -> dict:
+    """results.json as it stands; written after every stolen encoder and every downstream set, so a run
+    cut off part-way (a time limit, a crash) still leaves what it finished ("complete": false)."""
+    cfg = run.cfg
     results = {
         "name": cfg.name,
         "description": cfg.description,
+        "complete": complete,
         "seed": cfg.seed,
         "device": str(device),
         "environment": environment(),
@@ -243,11 +255,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
         "failures": failures,
         "missing_downstream": missing_ds,
         "sweep": cfg.sweep.model_dump() if cfg.sweep else None,
-        "stage_seconds": run.stage_seconds,
+        "stage_seconds": dict(run.stage_seconds),
         "wall_seconds": time.perf_counter() - t_start,
     }
-    (run.dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    write_report(results, run.dir)
+    tmp = run.dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    os.replace(tmp, run.dir / "results.json")
     return results
 
 
