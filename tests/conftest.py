@@ -29,6 +29,14 @@ def shared_data():
     return require_shared()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """A module that drops torch to one thread (tiny models) must not leave the rest of the run there."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny, latency-bound models run as fast on one thread, and far faster when other work shares the cores."""
