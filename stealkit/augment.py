@@ -82,5 +82,10 @@ class Augmenter(nn.Module):
             return x
         return self.ops(x).clamp_(0.0, 1.0)
 
+    @torch.no_grad()
+    def apply_all(self, images: torch.Tensor, chunk: int = 8192, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A(x) for a whole image set, in chunks to bound memory -> `dtype` N×3×H×W in [0,1] on images' device."""
+        return torch.cat([self(images[i : i + chunk]).to(dtype) for i in range(0, len(images), chunk)])
+
     def extra_repr(self) -> str:
         return "+".join(self.names) or "none"

@@ -54,11 +54,6 @@ class StealConfig(StrictModel):
     cuda_graph: bool = True  # on CUDA, capture the whole training step as one CUDA graph
 
 
-def _augment_all(aug: Augmenter, images: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """A(x) for the whole set, in chunks -> float N×3×H×W in [0,1] on images' device."""
-    return torch.cat([aug(images[i : i + chunk]) for i in range(0, len(images), chunk)])
-
-
 def to_uint8(images01: torch.Tensor) -> torch.Tensor:
     return images01.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
@@ -126,7 +121,7 @@ def train_stolen_encoder(
         A = TA = None
         billed = 0
         if use_aug:
-            A = _augment_all(aug, X)
+            A = aug.apply_all(X)
             if query_augmented is not None:
                 A = to_uint8(A)
                 TA, billed = query_augmented(A.cpu())

@@ -12,13 +12,13 @@ beside the paper's MLP classifier (StolenEncoder, Section V-A 3). Two optimisers
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from stealkit.probes.mlp import BatchedMLP, ProbeResult, _predict, _stack_feats, train_probes
+from stealkit.probes.mlp import BatchedMLP, ProbeResult, _predict, _stack_feats, check_keys, train_probes
 
 
 @dataclass
@@ -37,10 +37,7 @@ class LinearConfig:
 
     @classmethod
     def make(cls, **cfg) -> "LinearConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(cfg) - names
-        if unknown:
-            raise ValueError(f"unknown linear probe config keys {sorted(unknown)}; known: {sorted(names)}")
+        check_keys(cls, cfg, "linear probe")
         c = cls(**cfg)
         if c.optimizer not in ("adam", "lbfgs"):
             raise ValueError(f"linear probe optimizer must be 'adam' or 'lbfgs', got {c.optimizer!r}")

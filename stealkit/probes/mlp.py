@@ -28,6 +28,14 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
+def check_keys(config_cls, cfg: dict, what: str) -> None:
+    """Fail loudly on config keys the dataclass does not have."""
+    names = {f.name for f in fields(config_cls)}
+    unknown = set(cfg) - names
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {sorted(unknown)}; known: {sorted(names)}")
+
+
 @dataclass
 class MLPConfig:
     """Defaults are the paper's (Section V-A 3)."""
@@ -46,10 +54,7 @@ class MLPConfig:
 
     @classmethod
     def make(cls, **cfg) -> "MLPConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(cfg) - names
-        if unknown:
-            raise ValueError(f"unknown probe config keys {sorted(unknown)}; known: {sorted(names)}")
+        check_keys(cls, cfg, "probe")
         if "hidden" in cfg:
             cfg["hidden"] = tuple(int(h) for h in cfg["hidden"])
         return cls(**cfg)
