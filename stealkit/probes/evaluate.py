@@ -18,7 +18,7 @@ import torch
 from stealkit.probes.features import FeatureCache, extract_features
 from stealkit.probes.knn import knn_predict
 from stealkit.probes.linear import train_linear_probes
-from stealkit.probes.mlp import ProbeResult, train_probes
+from stealkit.probes.mlp import ProbeResult, per_probe, train_probes
 
 PROBES = ("mlp", "linear", "knn")
 
@@ -42,9 +42,8 @@ def evaluate_feature_sets(train_feats: Sequence[torch.Tensor], train_labels, tes
         return [_as_dict(r, probe) for r in train_linear_probes(train_feats, train_labels, test_feats, test_labels,
                                                                 num_classes, device=device, **probe_cfg)]
     if probe == "knn":
-        P = len(train_feats)
-        ys = [train_labels] * P if isinstance(train_labels, torch.Tensor) and train_labels.ndim == 1 else list(train_labels)
-        yt = [test_labels] * P if isinstance(test_labels, torch.Tensor) and test_labels.ndim == 1 else list(test_labels)
+        xs, ys, xt, yt = per_probe(train_feats, train_labels, test_feats, test_labels)
+        P = len(xs)
         cfg = {"k": 200, "temperature": 0.1, **probe_cfg}
         if "T" in cfg:
             cfg["temperature"] = cfg.pop("T")
@@ -54,7 +53,7 @@ def evaluate_feature_sets(train_feats: Sequence[torch.Tensor], train_labels, tes
         out = []
         for p in range(P):
             t0 = time.perf_counter()
-            pred = knn_predict(train_feats[p], ys[p], test_feats[p], num_classes=num_classes, device=device, **cfg)
+            pred = knn_predict(xs[p], ys[p], xt[p], num_classes=num_classes, device=device, **cfg)
             acc = float((pred == yt[p].cpu().long()).float().mean()) if len(pred) else float("nan")
             out.append({"probe": probe, "accuracy": acc, "predictions": pred, "seconds": time.perf_counter() - t0,
                         "config": dict(cfg, num_classes=num_classes)})

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from stealkit.probes.mlp import BatchedMLP, ProbeResult, _predict, _stack_feats, check_keys, train_probes
+from stealkit.probes.mlp import BatchedMLP, ProbeResult, _predict, _stack_feats, check_keys, per_probe, train_probes
 
 
 @dataclass
@@ -64,11 +64,8 @@ def train_linear_probes(train_feats, train_labels, test_feats, test_labels, num_
     from stealkit.runtime import pick_device
 
     device = pick_device(None if device is None else str(device))
-    xs = [train_feats] if isinstance(train_feats, torch.Tensor) and train_feats.ndim == 2 else list(train_feats)
-    xt = [test_feats] if isinstance(test_feats, torch.Tensor) and test_feats.ndim == 2 else list(test_feats)
+    xs, ys, xt, yt = per_probe(train_feats, train_labels, test_feats, test_labels)
     P = len(xs)
-    ys = [train_labels] * P if isinstance(train_labels, torch.Tensor) and train_labels.ndim == 1 else list(train_labels)
-    yt = [test_labels] * P if isinstance(test_labels, torch.Tensor) and test_labels.ndim == 1 else list(test_labels)
     if num_classes is None:
         num_classes = int(max(int(y.max()) for y in [*ys, *yt] if len(y))) + 1
     seeds = [c.seed] * P if seeds is None else [int(s) for s in seeds]

@@ -28,6 +28,17 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
+def per_probe(train_feats, train_labels, test_feats, test_labels):
+    """Spread the inputs of P probes into lists: one N×D tensor counts as P=1; labels given once
+    (int64 N) are shared by every probe -> (train feats, train labels, test feats, test labels), each of length P."""
+    xs = [train_feats] if isinstance(train_feats, torch.Tensor) and train_feats.ndim == 2 else list(train_feats)
+    xt = [test_feats] if isinstance(test_feats, torch.Tensor) and test_feats.ndim == 2 else list(test_feats)
+    P = len(xs)
+    ys = [train_labels] * P if isinstance(train_labels, torch.Tensor) and train_labels.ndim == 1 else list(train_labels)
+    yt = [test_labels] * P if isinstance(test_labels, torch.Tensor) and test_labels.ndim == 1 else list(test_labels)
+    return xs, ys, xt, yt
+
+
 def check_keys(config_cls, cfg: dict, what: str) -> None:
     """Fail loudly on config keys the dataclass does not have."""
     names = {f.name for f in fields(config_cls)}
@@ -238,11 +249,8 @@ def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes
 
     c = MLPConfig.make(**cfg)
     device = pick_device(None if device is None else str(device))
-    xs = [train_feats] if isinstance(train_feats, torch.Tensor) and train_feats.ndim == 2 else list(train_feats)
-    xt = [test_feats] if isinstance(test_feats, torch.Tensor) and test_feats.ndim == 2 else list(test_feats)
+    xs, ys, xt, yt = per_probe(train_feats, train_labels, test_feats, test_labels)
     P = len(xs)
-    ys = [train_labels] * P if isinstance(train_labels, torch.Tensor) and train_labels.ndim == 1 else list(train_labels)
-    yt = [test_labels] * P if isinstance(test_labels, torch.Tensor) and test_labels.ndim == 1 else list(test_labels)
     if not (len(xt) == len(ys) == len(yt) == P):
         raise ValueError(f"need one train/test feature and label set per probe, got {len(xs)}, {len(xt)}, {len(ys)}, {len(yt)}")
     N, M = len(xs[0]), len(xt[0])
