@@ -65,7 +65,3 @@ def environment() -> dict:
         pass
     return env
 
-
-def set_threads(n: int | None = None) -> None:
-    """Use all cores for intra-op work on CPU (CI has 2)."""
-    torch.set_num_threads(n or max(1, os.cpu_count() or 1))

@@ -75,15 +75,6 @@ class TrainState:
         optimizer.load_state_dict(blob["optimizer"])
         return int(blob["epoch"]), list(blob["log"]), dict(blob.get("extra", {}))
 
-    def clear(self) -> None:
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
-
-
-def to_device_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Keep the whole uint8 set resident on the device (50k CIFAR images = 150 MB)."""
-    return images.to(device, non_blocking=True).contiguous()
-
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     model = model.to(device)
