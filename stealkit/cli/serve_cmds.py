@@ -55,6 +55,7 @@ def serve(
     max_batch: int = typer.Option(1024, help="images per request"),
     max_image_side: int = typer.Option(1024, help="largest image side in pixels"),
     max_request_mb: float = typer.Option(64.0, help="largest request body in MiB"),
+    idempotency_hours: float = typer.Option(24.0, help="how long answers of requests with an Idempotency-Key are kept for free replays"),
     log_level: str = typer.Option("info"),
 ):
     """Serve a victim encoder as an EaaS API (POST /v1/embeddings, GET /v1/usage, /healthz, /docs)."""
@@ -64,6 +65,7 @@ def serve(
         checkpoint=str(checkpoint), ledger=str(ledger), host=host, port=port, device=device,
         defence=parse_defence(defence, defence_arg), price_per_1000=price_per_1000, max_batch=max_batch,
         max_image_side=max_image_side, max_request_bytes=int(max_request_mb * 2**20),
+        idempotency_ttl_s=idempotency_hours * 3600.0,
     )
     run_server(settings, log_level=log_level)
 

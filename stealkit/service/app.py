@@ -60,7 +60,7 @@ def create_app(settings: ServiceSettings | dict | None = None, *, encoder=None, 
 
             load_builtin_defences()
             dfn = build_defence(settings.defence)
-        ledger = Ledger(settings.ledger)
+        ledger = Ledger(settings.ledger, ttl=settings.idempotency_ttl_s)
         stale = ledger.drop_stale_reservations()
         if stale:
             log.warning("dropped %d reservations of requests that were never answered", stale)

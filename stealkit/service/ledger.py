@@ -6,6 +6,14 @@ Billing protocol (one image = one query, Section II of 004: the API charges per 
   cancel(request_id)    delete the row — the encoder failed, nothing is billed
 'reserved' rows left by a killed process were never answered; `open()` deletes them.
 Usage and quota count 'reserved' + 'served' rows, so concurrent requests can never overshoot.
+
+Idempotency (a paid query is never paid twice): a request may carry a client-chosen key. The
+answer of a keyed request is stored with its 'served' row, in the same transaction, and a later
+request of the same account with the same key and the same body gets that stored answer back,
+billed nothing: a client whose connection dropped after the server had answered retries safely,
+and answers of randomised defences (noise) are not drawn a second time. Same key, other body:
+`IdempotencyMismatch`; same key while the first is still being answered: `IdempotencyInFlight`.
+Stored answers are forgotten after `ttl` seconds (the key can then be used afresh).
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from stealkit.service.keys import hash_key, key_id_of, key_matches, new_key
 
@@ -39,10 +49,34 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_account ON requests(account, status);
 """
+# Columns added after the first release; `Ledger()` adds them to an older ledger file.
+IDEMPOTENCY_COLUMNS = {
+    "idem_key": "TEXT",  # the client's Idempotency-Key; NULL = none (or forgotten after the ttl)
+    "body_sha": "TEXT",  # SHA-256 of the request that used the key
+    "answer": "BLOB",  # little-endian float32 count×dim answer of a keyed, served request
+    "dim": "INTEGER",
+}
+IDEMPOTENCY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS requests_idem ON requests(account, idem_key) WHERE idem_key IS NOT NULL"
 
 
 class QuotaExceeded(Exception):
     """The request would take the account past its quota; nothing was recorded."""
+
+
+class IdempotencyInFlight(Exception):
+    """A request with this idempotency key is still being answered; retry in a moment."""
+
+
+class IdempotencyMismatch(Exception):
+    """The idempotency key was already used by this account for a different request."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The stored answer of an earlier request with the same idempotency key (billed then, not now)."""
+
+    request_id: int
+    answer: np.ndarray  # float32 count×dim
 
 
 @dataclass(frozen=True)
@@ -77,12 +111,18 @@ class Usage:
 class Ledger:
     """Thread-safe: every operation opens its own short-lived connection (cheap with SQLite)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, ttl: float = 24 * 3600.0):
         self.path = Path(path)
+        self.ttl = float(ttl)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+            have = {row[1] for row in con.execute("PRAGMA table_info(requests)")}
+            for column, kind in IDEMPOTENCY_COLUMNS.items():
+                if column not in have:
+                    con.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+            con.execute(IDEMPOTENCY_INDEX)
 
     @contextmanager
     def _connect(self):
@@ -165,12 +205,38 @@ class Ledger:
         return Account(*r[:7])
 
     # ---- billing --------------------------------------------------------------------------
-    def reserve(self, account: str, count: int, price: float) -> int:
-        """Atomically check the quota and record a 'reserved' request; -> request id. Raises QuotaExceeded."""
+    def reserve(self, account: str, count: int, price: float, idem_key: str | None = None, body_sha: str | None = None) -> int | Replay:
+        """Atomically check the quota and record a 'reserved' request; -> request id. Raises QuotaExceeded.
+
+        With `idem_key`: a served earlier request of this account with that key and the same `body_sha`
+        -> its `Replay` (nothing recorded or billed); same key, other body -> IdempotencyMismatch;
+        same key still reserved -> IdempotencyInFlight.
+        """
         with self._transaction() as con:
             row = con.execute("SELECT quota FROM accounts WHERE name = ? AND revoked IS NULL", (account,)).fetchone()
             if row is None:
                 raise KeyError(f"no active account {account!r}")
+            if idem_key is not None:
+                con.execute(
+                    "UPDATE requests SET idem_key = NULL, body_sha = NULL, answer = NULL "
+                    "WHERE account = ? AND status = 'served' AND idem_key IS NOT NULL AND time < ?",
+                    (account, time.time() - self.ttl),
+                )
+                earlier = con.execute(
+                    "SELECT id, status, body_sha, answer, count, dim FROM requests WHERE account = ? AND idem_key = ?", (account, idem_key)
+                ).fetchone()
+                if earlier is not None:
+                    rid, status, sha, answer, n, dim = earlier
+                    if sha != body_sha:
+                        raise IdempotencyMismatch(
+                            f"idempotency key {idem_key!r} was already used by account {account!r} for a different request "
+                            f"(request {rid}); use a new key for a new request"
+                        )
+                    if status == "reserved":
+                        raise IdempotencyInFlight(f"request {rid} with idempotency key {idem_key!r} is still being answered; retry shortly")
+                    if answer is None:
+                        raise IdempotencyMismatch(f"request {rid} with idempotency key {idem_key!r} was served without a stored answer; use a new key")
+                    return Replay(int(rid), np.frombuffer(answer, dtype="<f4").reshape(int(n), int(dim)).astype(np.float32))
             quota = row[0]
             if quota is not None:
                 used = con.execute("SELECT COALESCE(SUM(count), 0) FROM requests WHERE account = ?", (account,)).fetchone()[0]
@@ -180,14 +246,23 @@ class Ledger:
                         f"{quota} queries ({quota - used} left); nothing was billed"
                     )
             cur = con.execute(
-                "INSERT INTO requests (account, time, count, price, status) VALUES (?, ?, ?, ?, 'reserved')",
-                (account, time.time(), count, price),
+                "INSERT INTO requests (account, time, count, price, status, idem_key, body_sha) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
+                (account, time.time(), count, price, idem_key, body_sha if idem_key is not None else None),
             )
             return int(cur.lastrowid)
 
-    def commit(self, request_id: int) -> None:
+    def commit(self, request_id: int, answer: np.ndarray | None = None) -> None:
+        """Mark served; a keyed request also stores `answer` (count×dim) for replays, in the same transaction."""
+        blob = dim = None
+        if answer is not None:
+            arr = np.ascontiguousarray(answer, dtype="<f4")
+            blob, dim = arr.tobytes(), int(arr.shape[1])
         with self._transaction() as con:
-            con.execute("UPDATE requests SET status = 'served' WHERE id = ?", (request_id,))
+            con.execute(
+                "UPDATE requests SET status = 'served', answer = CASE WHEN idem_key IS NULL THEN NULL ELSE ? END, "
+                "dim = CASE WHEN idem_key IS NULL THEN NULL ELSE ? END WHERE id = ?",
+                (blob, dim, request_id),
+            )
 
     def cancel(self, request_id: int) -> None:
         with self._transaction() as con:

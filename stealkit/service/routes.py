@@ -4,10 +4,15 @@ POST /v1/embeddings order of work: auth (401) -> rate limit (429 + Retry-After) 
 under max_request_bytes (413) -> decode and validate (413/415/422) -> reserve the queries in the
 ledger (402 if over quota, nothing billed) -> encoder + defence -> commit -> respond. If the encoder
 fails after the reservation, the reservation is deleted: nothing is billed for an unserved request.
+
+Idempotency-Key header (optional, 1–255 printable ASCII characters): the answer is stored with the
+ledger row; the same account sending the same key and body again gets the stored answer, billed 0,
+with `Idempotent-Replayed: true` (409 while the first is still running, 422 for another body).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -18,7 +23,7 @@ from starlette.datastructures import UploadFile
 
 from stealkit.service.auth import require_account
 from stealkit.service.decode import BadInput, check_count, decode_base64_image, decode_image, decode_npy, decode_raw
-from stealkit.service.ledger import Account, QuotaExceeded
+from stealkit.service.ledger import Account, IdempotencyInFlight, IdempotencyMismatch, QuotaExceeded, Replay
 from stealkit.service.schemas import EmbeddingsRequest, EmbeddingsResponse, Error, Health, ModelInfo, UsageResponse
 
 router = APIRouter()
@@ -50,7 +55,34 @@ _EMBED_DOC = {
         }
     },
 }
-_ERRORS = {s: {"model": Error} for s in (401, 402, 413, 415, 422, 429)}
+_ERRORS = {s: {"model": Error} for s in (401, 402, 409, 413, 415, 422, 429)}
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+def _idempotency(request: Request, body: bytes) -> tuple[str | None, str | None]:
+    """(key, SHA-256 of what the request asks) from the Idempotency-Key header; (None, None) without one."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None, None
+    if not 1 <= len(key) <= 255 or not all(33 <= ord(c) <= 126 for c in key):
+        raise BadInput(422, "Idempotency-Key must be 1–255 printable ASCII characters without spaces")
+    h = hashlib.sha256()
+    for name in ("content-type", "x-array-shape", "x-array-dtype"):
+        h.update(request.headers.get(name, "").encode() + b"\0")
+    h.update(body)
+    return key, h.hexdigest()
+
+
+def _respond(request: Request, st, feats: torch.Tensor, request_id: int, billed: int, remaining: int | None, replayed: bool) -> Response:
+    n = feats.shape[0]
+    headers = {"X-Request-Id": str(request_id), "X-Billed": str(billed), "X-Quota-Remaining": "" if remaining is None else str(remaining)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if BINARY in request.headers.get("accept", ""):
+        headers["X-Embedding-Shape"] = f"{n},{feats.shape[1]}"
+        return Response(feats.numpy().astype("<f4", copy=False).tobytes(), media_type=BINARY, headers=headers)
+    body = EmbeddingsResponse(model=st.model_name, dim=feats.shape[1], count=n, embeddings=feats.tolist(), billed=billed, remaining=remaining)
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -123,28 +155,30 @@ async def embeddings(request: Request, account: Account = Depends(require_accoun
         retry = max(1, math.ceil(wait))
         raise HTTPException(429, f"rate limit of {account.rate} requests/s exceeded; retry in {wait:.2f} s", headers={"Retry-After": str(retry)})
     body = await _read_body(request, st.settings.max_request_bytes)
+    idem_key, body_sha = _idempotency(request, body)
     images = await _decode(request, body)
     n = len(images)
     price = n * st.settings.price_per_1000 / 1000.0
     try:
-        request_id = await run_in_threadpool(st.ledger.reserve, account.name, n, price)
+        reserved = await run_in_threadpool(st.ledger.reserve, account.name, n, price, idem_key, body_sha)
     except QuotaExceeded as exc:
         raise HTTPException(402, str(exc)) from None
+    except IdempotencyInFlight as exc:
+        raise HTTPException(409, str(exc), headers={"Retry-After": "1"}) from None
+    except IdempotencyMismatch as exc:
+        raise HTTPException(422, str(exc)) from None
+    if isinstance(reserved, Replay):
+        usage = await run_in_threadpool(st.ledger.usage, account.name)
+        return _respond(request, st, torch.from_numpy(reserved.answer), reserved.request_id, 0, usage.remaining, replayed=True)
+    request_id = reserved
     try:
         feats = await run_in_threadpool(st.answer, images, account.name)
-        await run_in_threadpool(st.ledger.commit, request_id)
+        await run_in_threadpool(st.ledger.commit, request_id, feats.numpy() if idem_key is not None else None)
     except BaseException:
         st.ledger.cancel(request_id)  # sync on purpose: must run even if this task is being cancelled
         raise
     usage = await run_in_threadpool(st.ledger.usage, account.name)
-    headers = {"X-Request-Id": str(request_id), "X-Billed": str(n), "X-Quota-Remaining": "" if usage.remaining is None else str(usage.remaining)}
-    if BINARY in request.headers.get("accept", ""):
-        headers["X-Embedding-Shape"] = f"{n},{feats.shape[1]}"
-        return Response(feats.numpy().astype("<f4", copy=False).tobytes(), media_type=BINARY, headers=headers)
-    body = EmbeddingsResponse(
-        model=st.model_name, dim=feats.shape[1], count=n, embeddings=feats.tolist(), billed=n, remaining=usage.remaining
-    )
-    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+    return _respond(request, st, feats, request_id, n, usage.remaining, replayed=False)
 
 
 @router.get("/v1/usage", response_model=UsageResponse, responses={401: {"model": Error}})

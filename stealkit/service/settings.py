@@ -21,3 +21,4 @@ class ServiceSettings(BaseModel):
     max_batch: int = Field(1024, gt=0)     # images per request
     max_image_side: int = Field(1024, gt=0)  # pixels, height and width
     embed_batch_size: int = Field(256, gt=0)
+    idempotency_ttl_s: float = Field(24 * 3600.0, gt=0)  # how long answers of keyed requests are kept for replays

@@ -6,12 +6,20 @@ encoder's output bitwise. Batches of `batch_size`; retries with exponential back
 server's Retry-After) on 429, 5xx and connection errors; an on-disk cache of answers keyed by
 SHA-256 of each image (written as each batch is answered), so a crashed or repeated attack never
 pays twice for an image; the hard budget of Target counts only images actually sent.
+
+Every batch carries an Idempotency-Key: SHA-256 of a salt and the batch's pixels. Retries of a batch
+send the same key, so an answer lost on the way back (the server billed and answered, the connection
+dropped) is replayed from the server's ledger, billed 0. The salt is kept in the answer cache, so a
+run resumed after a crash between the server's answer and the cache write also gets a replay; without
+a cache the salt is drawn per RemoteTarget. Another target (another thief, another attack of an
+experiment) has another salt: sending the same images again is a new request, billed again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 import sqlite3
 import threading
 import time
@@ -54,6 +62,9 @@ class AnswerCache:
             "CREATE TABLE IF NOT EXISTS answers (ns TEXT, key BLOB, dim INTEGER, feats BLOB, time REAL, "
             "PRIMARY KEY (ns, key)) WITHOUT ROWID"
         )
+        self._con.execute("CREATE TABLE IF NOT EXISTS salts (ns TEXT PRIMARY KEY, salt TEXT NOT NULL)")
+        self._con.execute("INSERT OR IGNORE INTO salts VALUES (?, ?)", (namespace, secrets.token_hex(16)))
+        self.salt = self._con.execute("SELECT salt FROM salts WHERE ns = ?", (namespace,)).fetchone()[0]
 
     def get_many(self, keys: list[bytes]) -> dict[bytes, torch.Tensor]:
         found = {}
@@ -103,6 +114,7 @@ class RemoteTarget(Target):
         transport: str = "binary",
         client: httpx.Client | None = None,
         sleep=time.sleep,
+        idempotency: bool = True,
     ):
         super().__init__(budget)
         if transport not in ("binary", "json"):
@@ -111,11 +123,13 @@ class RemoteTarget(Target):
             raise ValueError(f"need batch_size >= 1 and retries >= 0, got {batch_size}, {retries}")
         self.url = url.rstrip("/")
         self.batch_size, self.retries, self.backoff, self.max_backoff = batch_size, retries, backoff, max_backoff
-        self.transport, self._sleep = transport, sleep
+        self.transport, self._sleep, self.idempotency = transport, sleep, idempotency
+        self.replayed = 0  # images answered from the server's stored answer of an earlier, billed request
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._client = client or httpx.Client(base_url=self.url, timeout=timeout)
         self._owns_client = client is None
         self.cache = AnswerCache(Path(cache_dir) / "answers.sqlite", cache_namespace or self.url) if cache_dir else None
+        self._salt = (self.cache.salt if self.cache is not None else secrets.token_hex(16)).encode()  # of the Idempotency-Keys
         self.cache_hits = 0
         self.retried = 0
         self._dim: int | None = None
@@ -130,7 +144,8 @@ class RemoteTarget(Target):
         return min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
 
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
-        """One API call with retries on 429 / 5xx / connection errors; raises on other errors."""
+        """One API call with retries on 409 (same Idempotency-Key still running) / 429 / 5xx / connection errors;
+        raises on other errors. A retried POST carries the same Idempotency-Key, so it is never billed twice."""
         headers = {**self._auth, **kw.pop("headers", {})}
         for attempt in range(self.retries + 1):
             response, error = None, None
@@ -138,7 +153,7 @@ class RemoteTarget(Target):
                 response = self._client.request(method, path, headers=headers, **kw)
             except httpx.TransportError as exc:
                 error = exc
-            if error is None and response.status_code != 429 and response.status_code < 500:
+            if error is None and response.status_code not in (409, 429) and response.status_code < 500:
                 break
             if attempt == self.retries:
                 what = f"{error.__class__.__name__}: {error}" if error else f"HTTP {response.status_code}: {_detail(response)}"
@@ -168,11 +183,18 @@ class RemoteTarget(Target):
         return self._dim
 
     def _post(self, images: torch.Tensor) -> torch.Tensor:
-        """One batch uint8 n×3×H×W -> float32 n×D (billed n by the server)."""
+        """One batch uint8 n×3×H×W -> float32 n×D, billed n by the server once (a replayed answer was
+        billed by the earlier request with the same key: a lost answer, or a run that crashed)."""
         x = images.contiguous()
         headers = {"Content-Type": BINARY, "X-Array-Shape": ",".join(map(str, x.shape))}
         headers["Accept"] = BINARY if self.transport == "binary" else "application/json"
-        r = self._request("POST", "/v1/embeddings", content=x.numpy().tobytes(), headers=headers)
+        content = x.numpy().tobytes()
+        if self.idempotency:
+            shape = headers["X-Array-Shape"].encode()
+            headers["Idempotency-Key"] = "stealkit-" + hashlib.sha256(self._salt + b"|" + shape + b"|" + content).hexdigest()
+        r = self._request("POST", "/v1/embeddings", content=content, headers=headers)
+        if r.headers.get("idempotent-replayed") == "true":
+            self.replayed += len(x)
         if self.transport == "binary":
             n, d = (int(s) for s in r.headers["x-embedding-shape"].split(","))
             feats = torch.from_numpy(np.frombuffer(r.content, dtype="<f4").reshape(n, d).astype(np.float32))
