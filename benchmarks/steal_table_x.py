@@ -3,6 +3,10 @@ time per stage, next to the paper's numbers. Runs `configs/table10_variants_cifa
 
     python benchmarks/steal_table_x.py --data-root ../shared/data \
         --set victim.checkpoint=runs/bench/victim-cifar10-simclr-resnet18.safetensors --set victim.pretrain=null
+
+To fit a time limit per command, run one attack at a time into the same --run-dir (`--attack StolenEncoder`,
+then `--attack StolenEncoder-w/o-aug`, ...): the runner keeps each finished row and its queries, and a
+steal cut off mid-way resumes from its last saved epoch.
 """
 
 from __future__ import annotations
@@ -29,8 +33,14 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--run-dir", default="runs/bench/table_x")
     ap.add_argument("--out", default="benchmarks/results/steal_table_x.json")
+    ap.add_argument("--attack", action="append", default=[], help="run only the attack(s) with this label (repeatable)")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
+    if args.attack:
+        chosen = [a for a in cfg.attacks if (a.label or a.name) in args.attack]
+        if len(chosen) != len(args.attack):
+            raise SystemExit(f"--attack {args.attack}: the config's attacks are {[a.label or a.name for a in cfg.attacks]}")
+        cfg = cfg.model_copy(update={"attacks": chosen})
     if args.data_root:
         cfg = cfg.model_copy(update={"data_root": args.data_root})
     results = run_experiment(cfg, args.run_dir)
