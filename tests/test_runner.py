@@ -55,6 +55,23 @@ def test_run_writes_run_directory_and_reuses_work(tmp_path):
     assert again["rows"][0]["downstream"]["digits"]["SA"] == pytest.approx(d["SA"])
 
 
+def test_a_rerun_with_another_seed_reuses_nothing_stale(tmp_path):
+    """Reference: the same seed-1 config run in a fresh directory. Rerunning it in a directory that
+    holds a seed-0 run must give the same numbers (no seed-0 stolen encoder, no seed-0 probe subset)."""
+    knn = {"kind": "knn", "config": {"k": 10}}  # learns in no time (the 5-epoch linear probe stays at chance)
+    run_experiment(tiny_config(seed=0, probe=knn), tmp_path / "shared")
+    messages = []
+    reused = run_experiment(tiny_config(seed=1, probe=knn), tmp_path / "shared", echo=messages.append)
+    fresh = run_experiment(tiny_config(seed=1, probe=knn), tmp_path / "fresh")
+    assert fresh["rows"][0]["downstream"]["digits"]["TA"] > 0.3  # far above chance: a stale subset would show
+    assert not any("stolen encoder cached" in m for m in messages)
+    a, b = reused["rows"][0]["downstream"]["digits"], fresh["rows"][0]["downstream"]["digits"]
+    for k in ("TA", "SA", "agreement", "cosine_fidelity"):
+        assert a[k] == pytest.approx(b[k]), k
+    budgeted = run_experiment(tiny_config(seed=1, budget=64, probe=knn), tmp_path / "shared", echo=messages.append)
+    assert budgeted["rows"][0]["key"] != reused["rows"][0]["key"]
+
+
 def test_missing_dataset_is_reported_per_row_not_a_crash(tmp_path):
     missing = {"label": "nowhere", "pretrain": {**TINY_VICTIM["pretrain"], "data": {"name": "cifar10", "root": str(tmp_path / "empty")}}}
     cfg = tiny_config(victim=None, victims=[missing, TINY_VICTIM],
@@ -113,3 +130,15 @@ def test_set_dotted_walks_lists():
     d = {"attacks": [{"config": {}}, {"config": {"a": 1}}]}
     set_dotted(d, "attacks.1.config.a", 5)
     assert d["attacks"][1]["config"]["a"] == 5
+
+
+def test_pretrain_encoder_baseline_uses_the_attackers_seed_not_the_victims():
+    """Table X's pre-training-encoder copies the victim's SimCLR settings, but not its seed: with the
+    victim's seed and architecture it would start from the victim's own initial weights."""
+    from stealkit.experiment.runner import _attack_config
+
+    cfg = tiny_config(seed=7, attack={"name": "pretrain-encoder", "config": {"epochs": 1}})
+    row = cfg.rows()[0]
+    conf = _attack_config(row, {}, cfg)
+    assert row["victim"]["pretrain"]["seed"] == 0 and conf["seed"] == 7
+    assert conf["method"] == "simclr" and conf["epochs"] == 1 and "device" not in conf and "data" not in conf

@@ -8,7 +8,8 @@ A = flip + colour jitter + grayscale. Shapes: surrogate uint8 N×3×H×W, answer
 
 The authors' released code differs from the paper in three ways, each an option here:
 `normalize=True` (L2-normalise both vectors before d), `reduction="sum"` (sum the per-sample
-distances over the batch) and `optimizer="sgd"` (lr 1e-3, momentum 0.9, weight decay 5e-4).
+distances over the batch) and `optimizer="sgd"` with `weight_decay=5e-4` (the released code's lr 1e-3,
+momentum 0.9, weight decay 5e-4; weight_decay defaults to 0 for every optimiser, so set it).
 
 Variants: `stolenencoder-wo-aug` (λ=0), `stolenencoder-query-aug` (queries f_t(A(x)) for a fresh
 A(x) of every image every epoch: (e+1)·|D| queries, Eq. 5).

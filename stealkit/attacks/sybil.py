@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import model_validator
 
 from stealkit.attacks.base import StealResult, register_attack
 from stealkit.attacks.loss_steal import LossStealAttack, LossStealConfig, make_loss_fn
@@ -40,6 +41,13 @@ class SybilConfig(LossStealConfig):
     align: Literal["affine", "orthogonal", "none"] = "affine"
     split: Literal["contiguous", "round-robin"] = "contiguous"
     accounts: int = 1  # given one LocalTarget (e.g. from an experiment config), ask through this many of its accounts
+    lam: float | None = None  # None: 20 (the paper's λ) for loss "stolenencoder", else 1 (the loss attacks' default)
+
+    @model_validator(mode="after")
+    def _default_lam(self):
+        if self.lam is None:
+            self.lam = 20.0 if self.loss == "stolenencoder" else 1.0
+        return self
 
 
 def fit_alignment(source: torch.Tensor, reference: torch.Tensor, kind: str = "affine"):

@@ -41,6 +41,9 @@ def write_report(results: dict, run_dir: Path) -> Path:
         out += [results["description"], ""]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(line) + " |" for line in lines]
+    if "TA honest (%)" in header:
+        out += ["", "TA: the victim's clean features; TA honest: its answers through the row's defence, as honest users get "
+                "them (Tables XIII–XV's TA); SA/TA is against the clean TA."]
     out += ["", f"Probe: {results['probe']['kind']} {results['probe']['config'] or '(defaults)'}; price ${results['price_per_1000']} per 1,000 queries.",
             f"Device: {results['device']} ({env.get('device_name')}); torch {env.get('torch')}; seed {results['seed']}; wall time {results['wall_seconds']:.1f} s."]
     for r in results["rows"]:

@@ -75,7 +75,8 @@ def _attack_config(row: dict, victim_info: dict, cfg: ExperimentConfig) -> dict:
     if row["attack"]["name"] == "pretrain-encoder":
         # "the parameter settings of SimCLR are the same as those used to pre-train the target encoders"
         base = dict(row["victim"].get("pretrain") or {})
-        base.pop("data", None), base.pop("knn_data", None)
+        for k in ("data", "knn_data", "seed", "device"):  # not SimCLR settings: the attacker's own seed, not the victim's
+            base.pop(k, None)
         conf = {**base, **conf}
     conf.setdefault("seed", cfg.seed)
     return conf
@@ -93,9 +94,16 @@ def _surrogate(row: dict, victim_info: dict, data_root):
     return load_data(DataSpec(**s), data_root)
 
 
+def row_key(row: dict, cfg: ExperimentConfig) -> str:
+    """Cache key of a row's queries and stolen encoder: the row plus everything outside it that changes
+    what is stolen (seed, budget, HTTP target)."""
+    target = cfg.target.url if cfg.target is not None else None
+    return spec_key({**row, "seed": cfg.seed, "budget": cfg.budget, "target": target})
+
+
 def steal_row(run: Run, row: dict, victim, victim_info: dict, device) -> dict:
     cfg = run.cfg
-    key = spec_key(row)
+    key = row_key(row, cfg)
     row_dir = run.dir / "rows" / key
     row_dir.mkdir(parents=True, exist_ok=True)
     stolen_path = row_dir / "stolen"
@@ -139,10 +147,13 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
     root = ds_spec.root or cfg.data_root
     train = load_dataset(ds_spec.name, ds_spec.train_split, root=root)
     test = load_dataset(ds_spec.name, ds_spec.test_split, root=root)
+    tags = {"train": f"{ds_spec.train_split}[{len(train)}]", "test": f"{ds_spec.test_split}[{len(test)}]"}
     if ds_spec.train_limit and ds_spec.train_limit < len(train):
         train = train.sample(ds_spec.train_limit, seed=cfg.seed)
+        tags["train"] = f"{ds_spec.train_split}[{len(train)}@seed{cfg.seed}]"  # which subset, not only how many
     if ds_spec.test_limit and ds_spec.test_limit < len(test):
         test = test.sample(ds_spec.test_limit, seed=cfg.seed)
+        tags["test"] = f"{ds_spec.test_split}[{len(test)}@seed{cfg.seed}]"
     ncls = max(train.num_classes, int(train.labels.max()) + 1)
 
     def feats(enc, images, tag):
@@ -151,8 +162,8 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
     names, tr_f, te_f = [], [], []
     for vkey, (venc, _) in victims.items():
         names.append(("victim", vkey))
-        tr_f.append(feats(venc, train.images, f"{ds_spec.train_split}[{len(train)}]"))
-        te_f.append(feats(venc, test.images, f"{ds_spec.test_split}[{len(test)}]"))
+        tr_f.append(feats(venc, train.images, tags["train"]))
+        te_f.append(feats(venc, test.images, tags["test"]))
     # What honest users keep under each defence: the victim's answers as the defence returns them.
     for vkey, dkey, dspec in {(r["victim_key"], spec_key(r["defence"]), json.dumps(r["defence"], sort_keys=True)) for r in rows if r["defence"]}:
         honest = LocalTarget(victims[vkey][0], defence=build_defence(json.loads(dspec)), account="honest-user")
@@ -161,8 +172,8 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
         te_f.append(extract_features(honest, test.images))
     for r in rows:
         names.append(("stolen", r["key"]))
-        tr_f.append(feats(r["encoder"], train.images, f"{ds_spec.train_split}[{len(train)}]"))
-        te_f.append(feats(r["encoder"], test.images, f"{ds_spec.test_split}[{len(test)}]"))
+        tr_f.append(feats(r["encoder"], train.images, tags["train"]))
+        te_f.append(feats(r["encoder"], test.images, tags["test"]))
     t0 = time.perf_counter()
     results = evaluate_feature_sets(tr_f, train.labels, te_f, test.labels, cfg.probe.kind, ncls, device=device, **cfg.probe.config)
     seconds = time.perf_counter() - t0

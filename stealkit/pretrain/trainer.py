@@ -155,8 +155,8 @@ def knn_monitor(train_images, train_labels, test_images, test_labels, k: int = 2
     from stealkit.probes.knn import knn_accuracy
 
     def run(encoder: Encoder) -> float:
-        tr = embed(encoder, train_images, batch_size)
-        te = embed(encoder, test_images, batch_size)
+        tr = embed(encoder, train_images, batch_size, amp=True)
+        te = embed(encoder, test_images, batch_size, amp=True)
         return float(knn_accuracy(tr, train_labels, te, test_labels, k=k, num_classes=int(train_labels.max()) + 1))
 
     return run

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from stealkit.models.encoder import embed
 
-FORMAT = "stealkit-features/1"
+FORMAT = "stealkit-features/2"  # 2: fp32 features (1 was bf16 on CUDA)
 
 
 def extract_features(encoder, images, batch_size: int = 512, device: torch.device | str | None = None) -> torch.Tensor:
