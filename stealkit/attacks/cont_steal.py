@@ -9,7 +9,7 @@ A is a fresh flip+jitter+gray draw per image per epoch. Training reuses `train_s
 (resumable, GPU-resident). Other defaults as StolenEncoder: ResNet34, Adam lr 1e-3, batch 64, 100 epochs
 (a contrastive loss sees only batch−1 negatives: larger batches help).
 This is the issue's |D|-query form. The end-to-end form that later work describes (the target asked
-for an augmented view of every image every epoch, positive f_t(A'(x))) is `query_aug: true`, billed
+for the augmented view of every image every epoch, positive f_t(A(x))) is `query_aug: true`, billed
 (e+1)·|D| queries as for StolenEncoder-query-aug; `stolen_negatives: true` adds the surrogate-side negatives.
 Shapes: surrogate uint8 N×3×H×W, answers N×D, stolen encoder N×3×H×W -> N×D.
 """

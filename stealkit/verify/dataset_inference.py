@@ -113,13 +113,17 @@ def dataset_inference(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     fit_imgs, train_imgs = private_images[perm[:n_fit]], private_images[perm[n_fit:]]
     fitter = victim if fit_on == "victim" else suspect
+    # The entry keeps the victim and the image tensor alive and is checked by identity: an id() alone can be
+    # reused by a new object once the old one is freed (e.g. a fresh slice `private[:n]` per call), which
+    # would silently score the suspect under a mixture fitted on other images.
     key = (id(victim), id(private_images), n_fit, seed, n_components, covariance_type, normalize)
-    if fit_on == "victim" and gmm_cache is not None and key in gmm_cache:
-        gmm = gmm_cache[key]
+    hit = gmm_cache.get(key) if fit_on == "victim" and gmm_cache is not None else None
+    if hit is not None and hit[0] is victim and hit[1] is private_images:
+        gmm = hit[2]
     else:
         gmm = fit_gmm(representations(fitter, fit_imgs, batch_size, normalize), n_components, covariance_type, seed)
         if fit_on == "victim" and gmm_cache is not None:
-            gmm_cache[key] = gmm
+            gmm_cache[key] = (victim, private_images, gmm)
     ll_train = gmm.score_samples(representations(suspect, train_imgs, batch_size, normalize))
     ll_test = gmm.score_samples(representations(suspect, public_images, batch_size, normalize))
     t, p = welch_greater(ll_train, ll_test)
