@@ -76,6 +76,23 @@ def test_dataset_inference_victim_small_p_independent_large_p(di_setting, fit_on
     assert "independent" in other.verdict and json.dumps(other.to_dict())
 
 
+def test_dataset_inference_gmm_cache_not_fooled_by_a_reused_id(di_setting):
+    """The cache is keyed by id(); CPython reuses the id of a freed tensor (e.g. a fresh slice per call), so an
+    entry must not be served for other images that happen to get the same id. Simulated here by filing the
+    entry of `private` under the id of `other`."""
+    private, public, victim, _ = di_setting
+    other = public.flip(0).clone()  # other images in the role of the private set
+    cache: dict = {}
+    first = dataset_inference(victim, victim, private, public, n_components=4, gmm_cache=cache)
+    (key,) = cache
+    again = dataset_inference(victim, victim, private, public, n_components=4, gmm_cache=cache)
+    assert again.mean_ll_train == first.mean_ll_train and len(cache) == 1  # a true hit is reused
+    cache[(key[0], id(other), *key[2:])] = cache[key]
+    fresh = dataset_inference(victim, victim, other, private, n_components=4)
+    cached = dataset_inference(victim, victim, other, private, n_components=4, gmm_cache=cache)
+    assert cached.mean_ll_train == pytest.approx(fresh.mean_ll_train) and cached.p_value == pytest.approx(fresh.p_value)
+
+
 def test_dataset_inference_rejects_bad_arguments(di_setting):
     private, public, victim, _ = di_setting
     with pytest.raises(ValueError):

@@ -99,7 +99,7 @@ def dataset_inference(
     """Is `suspect` the victim or stolen from it? private_images: the victim's training images (uint8
     N×3×H×W); public_images: held-out images of the same distribution (M×3×H×W) -> DatasetInferenceResult.
     gmm_cache: a dict kept by the caller to reuse the victim's fitted mixture across suspects (fit_on="victim";
-    keyed by the victim object, the images and the mixture settings)."""
+    reused only for the very same victim and private-image objects and the same mixture settings)."""
     if not 0 < fit_fraction < 1:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
     if fit_on not in ("victim", "suspect"):
