@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-runs/cpu_tables}"
 mkdir -p "$runs"
+# Victims trained afresh into the run directory (not reused from ~/.cache/stealkit, where a victim
+# trained under another thread count can differ in its last digits).
+export STEALKIT_CACHE="${STEALKIT_CACHE:-$runs/cache}"
 out=docs/cpu_tables.md
 [ -f runs/cpu_victim_wm.safetensors ] || stealkit verify embed-watermark --data digits:train --size 16 --arch cnn_tiny \
     --epochs 12 --batch-size 128 --lr 0.003 --out runs/cpu_victim_wm
