@@ -166,3 +166,24 @@ def test_watermark_checkpoint_round_trip_and_cli(watermarked, tmp_path, monkeypa
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert 0 <= out["p_value"] <= 1 and out["verdict"]
+
+
+def test_watermark_p_value_counts_images_not_predictions():
+    """Per-image t-test against a closed form (Student t with 3 degrees of freedom:
+    F(t) = 1/2 + (1/π)·(u/(1+u²) + atan u), u = t/√3), and why it is needed: images whose four
+    predictions are all right or all wrong are 10 observations, not 40 independent ones."""
+    import math
+
+    from stealkit.verify.watermark import per_image_p_value
+
+    acc = torch.tensor([0.5, 0.75, 0.25, 1.0])
+    mean, sd = 0.625, math.sqrt(0.3125 / 3)
+    t = (mean - 0.25) / (sd / 2)
+    u = t / math.sqrt(3)
+    expected = 1 - (0.5 + (u / (1 + u * u) + math.atan(u)) / math.pi)
+    assert per_image_p_value(acc, 0.25) == pytest.approx(expected, rel=1e-9)
+    assert per_image_p_value(torch.ones(5), 0.25) == 0.0 and per_image_p_value(torch.full((5,), 0.25), 0.25) == 1.0
+    clustered = torch.tensor([1.0] * 4 + [0.0] * 6)  # 16/40 right: the binomial over 40 trials says p ≈ 0.02
+    from scipy.stats import binomtest
+
+    assert binomtest(16, 40, 0.25, alternative="greater").pvalue < 0.05 < per_image_p_value(clustered, 0.25)

@@ -14,9 +14,11 @@ representations of rotated images; the watermark accuracy is the fraction of cor
 A stolen copy imitates the victim's representation space, so g still reads the rotation off it; an
 independent encoder's space is unrelated to g, so accuracy is near chance 1/rotations (the blog:
 "near-random accuracy of 50%" for its binary task). Training a *new* rotation probe on the suspect
-would not work: any decent encoder supports rotation prediction. Verdict: one-sided binomial test
-of the number of correct predictions against chance (each image contributes one trial per angle;
-the trials of one image are not independent, so treat p as approximate).
+would not work: any decent encoder supports rotation prediction. Verdict: the unit of the test is the
+image (images are independent; the `rotations` predictions for one image are not): a one-sided
+one-sample t-test of the per-image accuracies against chance 1/rotations. The binomial test over all
+N·rotations predictions, which treats them as independent and so overstates the evidence, is kept
+beside it as `p_binomial` for comparison with reports that use it.
 Shapes: images uint8 N×3×H×W (square); encoder N×3×H×W -> N×D; head N×D -> N×rotations.
 """
 
@@ -141,10 +143,11 @@ class WatermarkResult:
     correct: int
     trials: int
     chance: float
-    p_value: float  # one-sided binomial test, H1: accuracy > chance
+    p_value: float  # one-sided t-test of per-image accuracies, H1: mean accuracy > chance
     significant: bool  # p_value < alpha: the watermark is present (victim or stolen copy)
     alpha: float
     rotations: int
+    p_binomial: float  # binomial test over all N·rotations predictions as if independent (optimistic)
 
     @property
     def verdict(self) -> str:
@@ -157,22 +160,35 @@ class WatermarkResult:
 @torch.no_grad()
 def watermark_accuracy(suspect, head: nn.Module, images: torch.Tensor, rotations: int | None = None, *, alpha: float = 0.01, batch_size: int = 512) -> WatermarkResult:
     """Accuracy of the victim's fixed rotation head on the suspect's representations of every image
-    under every angle (N·rotations trials), with a binomial test against chance 1/rotations."""
+    under every angle (N·rotations predictions), tested per image against chance 1/rotations."""
     from scipy.stats import binomtest
 
     head = head.cpu().eval()
     rotations = rotations or head[-1].out_features
-    correct = trials = 0
+    hits = torch.zeros(len(images))
     for r in range(rotations):
         k = torch.full((len(images),), r, dtype=torch.long)
         feats = _features(suspect, rotate(images, k, rotations), batch_size).float().cpu()
         if feats.shape[1] != head[0].in_features:
             raise ValueError(f"suspect returns {feats.shape[1]}-d features; the watermark head expects {head[0].in_features}-d")
-        correct += int((head(feats).argmax(1) == r).sum())
-        trials += len(images)
+        hits += (head(feats).argmax(1) == r).float()
+    correct, trials = int(hits.sum()), len(images) * rotations
     chance = 1.0 / rotations
-    p = float(binomtest(correct, trials, chance, alternative="greater").pvalue)
-    return WatermarkResult(correct / trials, correct, trials, chance, p, bool(p < alpha), alpha, rotations)
+    p = per_image_p_value(hits / rotations, chance)
+    p_binomial = float(binomtest(correct, trials, chance, alternative="greater").pvalue)
+    return WatermarkResult(correct / trials, correct, trials, chance, p, bool(p < alpha), alpha, rotations, p_binomial)
+
+
+def per_image_p_value(accuracies: torch.Tensor, chance: float) -> float:
+    """One-sided one-sample t-test, H1: mean of the per-image accuracies (N values in [0, 1]) > chance."""
+    from scipy.stats import ttest_1samp
+
+    a = accuracies.double().numpy()
+    if len(a) < 2:
+        raise ValueError("the watermark check needs at least 2 images")
+    if a.std() == 0:  # every image scored the same: the t statistic is ±inf or undefined
+        return 0.0 if a[0] > chance else 1.0
+    return float(ttest_1samp(a, chance, alternative="greater").pvalue)
 
 
 def head_path(encoder_path: str | Path) -> Path:
