@@ -46,3 +46,50 @@ def test_moco_momentum_update_and_queue():
 def test_too_few_images_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one batch"):
         pretrain(_images(10), PretrainConfig(arch="cnn_tiny", epochs=1, batch_size=32, device="cpu"), progress=False)
+
+
+def test_split_batchnorm_equals_separate_batchnorms_per_sub_batch():
+    """Reference: plain BatchNorm2d in training mode run on each sub-batch x[j::s] by itself; running
+    statistics: the mean of theirs."""
+    import copy
+
+    from stealkit.pretrain.split_bn import SplitBatchNorm, split_batchnorm, unsplit_batchnorm
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+    x = torch.randn(8, 3, 5, 5) * 2 + 1
+    refs = [copy.deepcopy(bn).train() for _ in range(4)]
+    expected = torch.empty_like(x)
+    for j, ref in enumerate(refs):
+        expected[j::4] = ref(x[j::4])
+    split = SplitBatchNorm(copy.deepcopy(bn), 4).train()
+    assert torch.allclose(split(x), expected, atol=1e-5)
+    assert torch.allclose(split.bn.running_mean, torch.stack([r.running_mean for r in refs]).mean(0), atol=1e-6)
+    assert torch.allclose(split.bn.running_var, torch.stack([r.running_var for r in refs]).mean(0), atol=1e-6)
+    assert torch.allclose(split.eval()(x), split.bn.eval()(x))  # eval: a plain BatchNorm
+    with pytest.raises(ValueError, match="multiple of 4"):
+        split.train()(x[:6])
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Sequential(torch.nn.BatchNorm1d(3)))
+    keys = set(net.state_dict())
+    split_batchnorm(net, 2)
+    assert isinstance(net[1], SplitBatchNorm) and isinstance(net[2][0], SplitBatchNorm)
+    assert set(unsplit_batchnorm(net).state_dict()) == keys
+
+
+def test_moco_keys_are_normalised_with_other_images_than_their_queries():
+    """Shuffling BN: the images sharing BatchNorm statistics with key i (its sub-batch in shuffled order)
+    are mostly not those sharing them with query i (sub-batch i mod s); with splits=1 keys are unshuffled."""
+    cfg = PretrainConfig(method="moco", arch="cnn_tiny", batch_size=64, moco_bn_splits=8, moco_queue=64, proj_dim=8)
+    m = MoCoModel(build_encoder("cnn_tiny"), cfg).train()
+    s, pos = 8, torch.argsort(m.key_perm)  # pos[i]: where image i sits in the shuffled key batch
+    query_group = lambda i: {j for j in range(64) if j % s == i % s}  # noqa: E731
+    key_group = lambda i: {int(m.key_perm[p]) for p in range(64) if p % s == int(pos[i]) % s}  # noqa: E731
+    overlap = sum(len(query_group(i) & key_group(i)) / 8 for i in range(64)) / 64
+    assert overlap < 0.35  # 1/8 expected for a random shuffle; 1.0 without shuffling
+    v = torch.rand(64, 3, 32, 32)
+    plain = MoCoModel(build_encoder("cnn_tiny"), cfg.model_copy(update={"moco_bn_splits": 1})).train()
+    assert torch.allclose(plain.keys(v), plain.key_head(plain.key_encoder(v)), atol=1e-5)
+    with pytest.raises(ValueError, match="divide batch_size"):
+        PretrainConfig(method="moco", batch_size=60, moco_bn_splits=8)

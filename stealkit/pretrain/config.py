@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class DataSpec(BaseModel):
@@ -38,6 +38,7 @@ class PretrainConfig(BaseModel):
     augment: str = "crop+flip+jitter+gray"
     moco_queue: int = 4096
     moco_momentum: float = 0.99
+    moco_bn_splits: int = 8  # MoCo's shuffling BN on one device (split_bn.py); 1 = one BatchNorm over the batch
     seed: int = 0
     checkpoint_every: int = 10
     knn_every: int = 0  # 0: kNN monitor only at the end
@@ -48,3 +49,12 @@ class PretrainConfig(BaseModel):
     cuda_graph: bool = True  # on CUDA, replay each training step as one captured CUDA graph
     device: str = "auto"
     time_limit_s: float | None = None  # stop (and save) after the epoch that crosses this wall-clock budget
+
+    @model_validator(mode="after")
+    def _check_splits(self):
+        if self.method == "moco" and (self.moco_bn_splits < 1 or self.batch_size % self.moco_bn_splits):
+            raise ValueError(
+                f"moco_bn_splits={self.moco_bn_splits} must be >= 1 and divide batch_size={self.batch_size}; "
+                "change one of them (moco_bn_splits: 1 turns shuffling BN off)"
+            )
+        return self

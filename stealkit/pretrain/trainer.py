@@ -23,6 +23,7 @@ from stealkit.losses import moco_infonce, nt_xent
 from stealkit.models.encoder import Encoder, build_encoder, embed
 from stealkit.pretrain.config import PretrainConfig
 from stealkit.pretrain.heads import projection_head
+from stealkit.pretrain.split_bn import split_batchnorm, unsplit_batchnorm
 from stealkit.runtime import autocast, pick_device, seed_everything
 from stealkit.training import TrainState, epoch_generator, make_optimizer, prepare_model, seed_epoch
 
@@ -41,18 +42,33 @@ class SimCLRModel(nn.Module):
 
 
 class MoCoModel(nn.Module):
-    """Query encoder+head trained by gradient; key encoder+head an EMA of them; a K×proj_dim queue."""
+    """Query encoder+head trained by gradient; key encoder+head an EMA of them; a K×proj_dim queue.
+
+    Shuffling BN (MoCo, Section 3.3) on one device: every BatchNorm normalises `moco_bn_splits`
+    sub-batches separately, and keys are computed in a fixed shuffled order (`key_perm`), so a key is
+    normalised with other images than its query (split_bn.py)."""
 
     def __init__(self, encoder: Encoder, cfg: PretrainConfig):
         super().__init__()
-        self.encoder = encoder
+        self.encoder = split_batchnorm(encoder, cfg.moco_bn_splits) if cfg.moco_bn_splits > 1 else encoder
         self.head = projection_head(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
-        self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        if cfg.moco_bn_splits > 1:
+            split_batchnorm(self.head, cfg.moco_bn_splits)
+        self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.key_head = copy.deepcopy(self.head).requires_grad_(False)
         self.m, self.temperature = cfg.moco_momentum, cfg.temperature
         g = torch.Generator().manual_seed(cfg.seed)
         self.register_buffer("queue", nn.functional.normalize(torch.randn(cfg.moco_queue, cfg.proj_dim, generator=g), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        perm = torch.randperm(cfg.batch_size, generator=g) if cfg.moco_bn_splits > 1 else torch.arange(cfg.batch_size)
+        self.register_buffer("key_perm", perm)
+        self.register_buffer("key_unperm", torch.argsort(perm))
+
+    def keys(self, v2: torch.Tensor) -> torch.Tensor:
+        """Key embeddings N×proj_dim of the second views, computed in shuffled order, returned in order."""
+        if len(v2) != len(self.key_perm):
+            raise ValueError(f"MoCo batch of {len(v2)} images; the model was built for batch_size={len(self.key_perm)}")
+        return self.key_head(self.key_encoder(v2[self.key_perm]))[self.key_unperm]
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
@@ -74,7 +90,7 @@ class MoCoModel(nn.Module):
         q = self.head(self.encoder(v1)).float()
         with torch.no_grad():
             self._momentum_update()
-            k = self.key_head(self.key_encoder(v2)).float()
+            k = self.keys(v2).float()
         loss = moco_infonce(q, k, self.queue.clone(), self.temperature)
         self._enqueue(k)
         return loss
@@ -147,7 +163,7 @@ def pretrain(
         if out_of_time:
             entry["stopped"] = f"time limit of {cfg.time_limit_s:.0f} s reached after epoch {epoch + 1} of {cfg.epochs}"
             break
-    return model.encoder.cpu().eval(), log
+    return unsplit_batchnorm(model.encoder).cpu().eval(), log  # plain BatchNorms again (MoCo split them)
 
 
 def knn_monitor(train_images, train_labels, test_images, test_labels, k: int = 200, batch_size: int = 1024):
