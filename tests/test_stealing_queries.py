@@ -88,3 +88,33 @@ def test_resume_gives_same_weights_as_uninterrupted(tmp_path):
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
     assert resumed_log[-1]["loss"] == pytest.approx(full_log[-1]["loss"], rel=1e-5)
+
+
+class CrashAfter(LocalTarget):
+    """A LocalTarget that dies right after answering (and billing) its `calls`-th embed call."""
+
+    def __init__(self, encoder, calls):
+        super().__init__(encoder)
+        self.calls, self.armed = calls, True
+
+    def embed(self, images):
+        out = super().embed(images)
+        self.calls -= 1
+        if self.armed and self.calls == 0:
+            raise RuntimeError("process killed after the answer was paid")
+        return out
+
+
+def test_query_aug_counts_what_a_crashed_attempt_paid(tmp_path):
+    """Epoch 3's augmented queries are paid, then the process dies before the next checkpoint (every 2
+    epochs). The rerun resumes at epoch 2 and pays for epoch 3 again: the report must say what the
+    target billed in all, not only what the surviving log shows."""
+    surrogate = _set()
+    target = CrashAfter(_victim(), calls=4)  # 1: the |D| queries; 2-4: epochs 1-3 of query-aug (batches of 256 > 96)
+    attack = build_attack("stolenencoder-query-aug", {**FAST, "epochs": 4, "checkpoint_every": 2})
+    with pytest.raises(RuntimeError, match="killed"):
+        attack.steal(target, surrogate, workdir=tmp_path, progress=False)
+    target.armed = False
+    result = attack.steal(target, surrogate, workdir=tmp_path, progress=False)
+    assert target.queries == (1 + 3 + 2) * len(surrogate)  # |D|, epochs 1-3, then epochs 3-4 again
+    assert result.queries == target.queries

@@ -17,6 +17,8 @@ A(x) of every image every epoch: (e+1)·|D| queries, Eq. 5).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, Literal
@@ -141,6 +143,26 @@ def train_stolen_encoder(
     return encoder.cpu().eval(), log
 
 
+def aug_billing_path(state_path: str | Path) -> Path:
+    return Path(state_path).with_name(Path(state_path).stem + ".aug_billing.jsonl")
+
+
+def record_billing(path: Path, billed: int) -> None:
+    """Append one call's paid augmented queries, flushed to disk before training on the answers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"billed": int(billed), "time": time.time()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def billed_aug_queries(path: Path) -> int | None:
+    """Every augmented query paid, in every attempt of the run (a crashed one included); None if no record."""
+    if not path.exists():
+        return None
+    return sum(json.loads(line)["billed"] for line in path.read_text().splitlines() if line.strip())
+
+
 def cached_query(target, images: torch.Tensor, cache: Path | None, batch_size: int, progress: bool) -> tuple[torch.Tensor, int, int]:
     """Answers for `images`, from `cache` (safetensors) when present -> (features, billed, newly billed)."""
     if cache is not None and cache.exists():
@@ -174,9 +196,18 @@ class StolenEncoder(Attack):
         feats, billed, new = cached_query(target, surrogate.images, workdir / "queries.safetensors" if workdir else None, cfg.query_batch_size, progress)
         query_seconds = time.perf_counter() - t0
 
+        billing = aug_billing_path(workdir / "train_state.pt") if workdir else None
+
         def query_augmented(batch: torch.Tensor) -> tuple[torch.Tensor, int]:
+            """f_t(A(x)) for one epoch. What the target billed is written down even if the call or the
+            process fails afterwards: a resumed run re-pays the epochs after its last checkpoint, and the
+            report counts both payments (`billed_aug_queries`)."""
             before = target.queries
-            out = query_target(target, batch, cfg.query_batch_size)
+            try:
+                out = query_target(target, batch, cfg.query_batch_size)
+            finally:
+                if billing is not None and target.queries > before:
+                    record_billing(billing, target.queries - before)
             return out, target.queries - before
 
         t1 = time.perf_counter()
@@ -190,7 +221,8 @@ class StolenEncoder(Attack):
             progress=progress,
             loss_fn=self.loss_fn(),
         )
-        aug_queries = sum(int(e.get("aug_queries", 0)) for e in log)
+        recorded = billed_aug_queries(billing) if billing is not None and cfg.query_aug else None
+        aug_queries = recorded if recorded is not None else sum(int(e.get("aug_queries", 0)) for e in log)
         return StealResult(
             encoder=encoder,
             queries=billed + aug_queries,
