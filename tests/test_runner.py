@@ -137,8 +137,22 @@ def test_pretrain_encoder_baseline_uses_the_attackers_seed_not_the_victims():
     victim's seed and architecture it would start from the victim's own initial weights."""
     from stealkit.experiment.runner import _attack_config
 
-    cfg = tiny_config(seed=7, attack={"name": "pretrain-encoder", "config": {"epochs": 1}})
-    row = cfg.rows()[0]
-    conf = _attack_config(row, {}, cfg)
-    assert row["victim"]["pretrain"]["seed"] == 0 and conf["seed"] == 7
-    assert conf["method"] == "simclr" and conf["epochs"] == 1 and "device" not in conf and "data" not in conf
+    for seed in (0, 7):  # 0: the experiment's seed equals the victim's (both defaults)
+        cfg = tiny_config(seed=seed, attack={"name": "pretrain-encoder", "config": {"epochs": 1}})
+        row = cfg.rows()[0]
+        conf = _attack_config(row, {}, cfg)
+        assert row["victim"]["pretrain"]["seed"] == 0 and conf["seed"] != 0
+        assert conf["method"] == "simclr" and conf["epochs"] == 1 and "device" not in conf and "data" not in conf
+    explicit = tiny_config(attack={"name": "pretrain-encoder", "config": {"epochs": 1, "seed": 5}})
+    assert _attack_config(explicit.rows()[0], {}, explicit)["seed"] == 5
+
+
+def test_cached_simclr_victims_keep_their_key():
+    """Adding a MoCo-only setting must not orphan cached SimCLR victims (hours of GPU time each):
+    c6ca6c3de79e is the key of the default CIFAR-10 SimCLR victim as computed before moco_bn_splits
+    existed (commit a3b1cd1)."""
+    from stealkit.experiment.victims import victim_key
+    from stealkit.pretrain.config import PretrainConfig
+
+    assert victim_key(PretrainConfig()) == "c6ca6c3de79e"
+    assert victim_key(PretrainConfig(method="moco")) != victim_key(PretrainConfig(method="moco", moco_bn_splits=1))

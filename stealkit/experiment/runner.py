@@ -8,6 +8,7 @@ Work already done (victim, queries, stolen encoder, finished rows) is skipped on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -73,11 +74,15 @@ def _make_target(cfg: ExperimentConfig, victim, defence, row_dir: Path):
 def _attack_config(row: dict, victim_info: dict, cfg: ExperimentConfig) -> dict:
     conf = dict(row["attack"]["config"])
     if row["attack"]["name"] == "pretrain-encoder":
-        # "the parameter settings of SimCLR are the same as those used to pre-train the target encoders"
+        # "the parameter settings of SimCLR are the same as those used to pre-train the target encoders";
+        # not the victim's data, seed, device or run limits.
         base = dict(row["victim"].get("pretrain") or {})
-        for k in ("data", "knn_data", "seed", "device"):  # not SimCLR settings: the attacker's own seed, not the victim's
+        for k in ("data", "knn_data", "knn_every", "seed", "device", "time_limit_s"):
             base.pop(k, None)
         conf = {**base, **conf}
+        # Its own seed, never the victim's: with the same seed and architecture it would start from the
+        # victim's initial weights (both default to seed 0).
+        conf.setdefault("seed", int(hashlib.sha256(f"pretrain-encoder:{cfg.seed}".encode()).hexdigest()[:8], 16))
     conf.setdefault("seed", cfg.seed)
     return conf
 
@@ -95,10 +100,29 @@ def _surrogate(row: dict, victim_info: dict, data_root):
 
 
 def row_key(row: dict, cfg: ExperimentConfig) -> str:
-    """Cache key of a row's queries and stolen encoder: the row plus everything outside it that changes
-    what is stolen (seed, budget, HTTP target)."""
+    """Cache key of a row's queries and stolen encoder: the row, with the attack's config as resolved
+    (defaults included), plus everything outside it that changes what is stolen: seed, budget, data
+    root, HTTP target, and the bytes of a victim given as a checkpoint file."""
     target = cfg.target.url if cfg.target is not None else None
-    return spec_key({**row, "seed": cfg.seed, "budget": cfg.budget, "target": target})
+    attack = build_attack(row["attack"]["name"], _attack_config(row, {}, cfg)).config.model_dump()
+    victim_file = None
+    if row["victim"].get("checkpoint"):
+        from stealkit.models.checkpoint import weights_path
+
+        victim_file = file_digest(weights_path(row["victim"]["checkpoint"]))
+    return spec_key({**row, "attack_resolved": attack, "seed": cfg.seed, "budget": cfg.budget, "data_root": cfg.data_root,
+                     "target": target, "victim_file": victim_file})
+
+
+def file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes (None if it does not exist)."""
+    if not Path(path).exists():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def steal_row(run: Run, row: dict, victim, victim_info: dict, device) -> dict:
@@ -110,7 +134,9 @@ def steal_row(run: Run, row: dict, victim, victim_info: dict, device) -> dict:
     steal_file = row_dir / "steal.json"
     if checkpoint_exists(stolen_path) and steal_file.exists():
         run.echo(f"[{_row_label(row)}] stolen encoder cached")
-        return {**json.loads(steal_file.read_text()), "encoder": load_encoder(stolen_path)}
+        cached = json.loads(steal_file.read_text())
+        cached["cost"] = cached["queries"] * cfg.price_per_1000 / 1000.0  # at today's price, not the cached one
+        return {**cached, "encoder": load_encoder(stolen_path)}
     surrogate = _surrogate(row, victim_info, cfg.data_root)
     defence = build_defence(row["defence"])
     target = _make_target(cfg, victim, defence, row_dir)

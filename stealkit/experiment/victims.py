@@ -27,6 +27,15 @@ def load_data(spec: DataSpec, data_root: str | None) -> ImageSet:
     return data
 
 
+def victim_key(cfg: PretrainConfig) -> str:
+    """Cache key of a pre-trained victim: the settings that change its weights. MoCo-only settings
+    count for MoCo victims only (adding one must not orphan every cached SimCLR victim)."""
+    skip = {"device", "knn_every", "checkpoint_every", "compile"}
+    if cfg.method != "moco":
+        skip |= {"moco_bn_splits"}
+    return spec_key(cfg.model_dump(exclude=skip))
+
+
 def get_victim(spec: dict, data_root: str | None, device: str, progress: bool = True, log=print):
     """spec: VictimSpec as dict -> (encoder, info) where info has dataset, dataset_size, checkpoint, seconds."""
     if spec.get("checkpoint"):
@@ -36,7 +45,7 @@ def get_victim(spec: dict, data_root: str | None, device: str, progress: bool = 
     cfg = PretrainConfig(**spec["pretrain"])
     if cfg.device == "auto" and device != "auto":
         cfg = cfg.model_copy(update={"device": device})
-    key = spec_key(cfg.model_dump(exclude={"device", "knn_every", "checkpoint_every", "compile"}))
+    key = victim_key(cfg)
     path = resolve_cache_dir() / "victims" / f"victim-{key}"
     if checkpoint_exists(path):
         meta = read_sidecar(path)

@@ -26,6 +26,11 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
+def weights_path(path: str | os.PathLike) -> Path:
+    """The .safetensors file of a checkpoint given with or without its suffix."""
+    return _paths(path)[0]
+
+
 def save_encoder(encoder: Encoder, path: str | os.PathLike, **info) -> Path:
     """Write weights and sidecar atomically (temp file + rename); returns the .safetensors path.
 
