@@ -191,3 +191,92 @@ def test_another_target_sending_the_same_images_pays_again(served):
     a.embed(imgs(3))
     b.embed(imgs(3))
     assert ledger.usage("thief").queries == 6 and a.replayed == b.replayed == 0
+
+
+def test_the_same_images_sent_twice_without_a_cache_are_two_requests(served):
+    client, key, ledger = served
+    t = RemoteTarget("http://testserver", key, client=client)
+    first, second = t.embed(imgs(4)), t.embed(imgs(4))
+    assert ledger.usage("thief").queries == 8 == t.queries and t.replayed == 0
+    assert not torch.equal(first, second)  # fresh noise, as a LocalTarget would give
+
+
+def test_waiting_for_our_own_request_in_flight_is_outside_the_retry_budget():
+    """409 = our earlier attempt (same key) is still being answered: keep waiting for it, for up to
+    in_flight_patience seconds, without spending the retries meant for errors."""
+    def run(n_409, patience):
+        calls, sleeps = [], []
+
+        def handler(request):
+            calls.append(request)
+            if len(calls) <= n_409:
+                return httpx.Response(409, json={"detail": "still running"}, headers={"Retry-After": "1"})
+            n = int(request.headers["x-array-shape"].split(",")[0])
+            return httpx.Response(200, content=np.zeros((n, 2), "<f4").tobytes(), headers={"X-Embedding-Shape": f"{n},2"})
+
+        c = httpx.Client(base_url="http://x", transport=httpx.MockTransport(handler))
+        t = RemoteTarget("http://x", "sk_x", client=c, retries=1, sleep=sleeps.append)
+        t.in_flight_patience = patience
+        return t, calls, sleeps
+
+    t, calls, sleeps = run(n_409=6, patience=30)
+    assert t.embed(imgs(2)).shape == (2, 2) and len(calls) == 7 and sum(sleeps) == 6
+    assert len({c.headers["idempotency-key"] for c in calls}) == 1  # every attempt is the same request
+    t, calls, sleeps = run(n_409=100, patience=3)
+    with pytest.raises(Exception, match="HTTP 409"):
+        t.embed(imgs(2))
+    assert sum(sleeps) <= 3 + 30  # gave up after its patience (plus one ordinary retry)
+
+
+OLD_SCHEMA = (
+    "CREATE TABLE accounts (name TEXT PRIMARY KEY, key_id TEXT UNIQUE NOT NULL, key_hash TEXT NOT NULL, quota INTEGER,"
+    " rate REAL, burst INTEGER, created REAL NOT NULL, revoked REAL);"
+    "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL, time REAL NOT NULL,"
+    " count INTEGER NOT NULL, price REAL NOT NULL, status TEXT NOT NULL);"
+)
+
+
+def test_several_openers_of_an_old_ledger_migrate_it_once(tmp_path):
+    """`stealkit keys create` while `serve` starts: both open the old file and add the columns."""
+    import threading
+
+    errors = []
+    for i in range(10):
+        path = tmp_path / f"old{i}.sqlite"
+        with sqlite3.connect(path) as con:
+            con.executescript(OLD_SCHEMA)
+        barrier = threading.Barrier(3)
+
+        def open_it(p=path, b=barrier):
+            b.wait()
+            try:
+                Ledger(p)
+            except Exception as exc:  # noqa: BLE001 - the test reports any failure
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert errors == []
+
+
+def test_expired_answers_are_freed_for_every_account_and_replays_need_the_same_server(tmp_path, encoder):
+    path = tmp_path / "l.sqlite"
+    led = Ledger(path, ttl=0.05)
+    for name in ("a", "b"):
+        led.create_account(name)
+        led.commit(led.reserve(name, 1, 0.0, "k", "s"), np.zeros((1, 2), np.float32))
+    time.sleep(0.1)
+    assert led.forget_expired_answers() == 2
+    with sqlite3.connect(path) as con:
+        assert con.execute("SELECT COUNT(*) FROM requests WHERE answer IS NOT NULL").fetchone()[0] == 0
+    # a replay is only given by a server answering with the same model and defence
+    ledger_path = str(tmp_path / "srv.sqlite")
+    x = imgs(2)
+    for defence, expected in ((GaussianNoise(0.5, seed=0), 200), (GaussianNoise(0.5, seed=0), 200), (GaussianNoise(0.9, seed=0), 422)):
+        app = create_app(ServiceSettings(ledger=ledger_path, device="cpu"), encoder=encoder, defence=defence)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            if not Ledger(ledger_path).accounts():
+                key = Ledger(ledger_path).create_account("thief")
+            r = post(client, key, x, idem="same")
+            assert r.status_code == expected, r.text

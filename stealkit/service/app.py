@@ -64,6 +64,9 @@ def create_app(settings: ServiceSettings | dict | None = None, *, encoder=None, 
         stale = ledger.drop_stale_reservations()
         if stale:
             log.warning("dropped %d reservations of requests that were never answered", stale)
+        expired = ledger.forget_expired_answers()
+        if expired:
+            log.info("forgot the stored answers of %d keyed requests older than %.0f s", expired, ledger.ttl)
         app.state.service = ServiceState(settings=settings, encoder=enc, defence=dfn, ledger=ledger, model_name=name)
         log.info("serving %s (dim %d, defence %s) with ledger %s", name, enc.feature_dim, getattr(dfn, "name", "none"), settings.ledger)
         yield

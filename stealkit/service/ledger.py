@@ -116,8 +116,21 @@ class Ledger:
         self.ttl = float(ttl)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+            for attempt in range(100):  # switching to WAL needs the file to itself; SQLite does not wait for that
+                try:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
+        with self._transaction() as con:  # one process at a time: two opening an old file must not both add a column
+            statement = ""
+            for line in SCHEMA.splitlines(keepends=True):  # one statement at a time (executescript would COMMIT)
+                statement += line
+                if sqlite3.complete_statement(statement):
+                    con.execute(statement)
+                    statement = ""
             have = {row[1] for row in con.execute("PRAGMA table_info(requests)")}
             for column, kind in IDEMPOTENCY_COLUMNS.items():
                 if column not in have:
@@ -230,7 +243,7 @@ class Ledger:
                     if sha != body_sha:
                         raise IdempotencyMismatch(
                             f"idempotency key {idem_key!r} was already used by account {account!r} for a different request "
-                            f"(request {rid}); use a new key for a new request"
+                            f"(request {rid}), or the server now serves another model or defence; use a new key for a new request"
                         )
                     if status == "reserved":
                         raise IdempotencyInFlight(f"request {rid} with idempotency key {idem_key!r} is still being answered; retry shortly")
@@ -267,6 +280,16 @@ class Ledger:
     def cancel(self, request_id: int) -> None:
         with self._transaction() as con:
             con.execute("DELETE FROM requests WHERE id = ? AND status = 'reserved'", (request_id,))
+
+    def forget_expired_answers(self) -> int:
+        """Free the stored answers of keyed requests older than the ttl, for every account; -> how many.
+        (The ledger rows stay: only the replay copies go.)"""
+        with self._transaction() as con:
+            return con.execute(
+                "UPDATE requests SET idem_key = NULL, body_sha = NULL, answer = NULL "
+                "WHERE status = 'served' AND idem_key IS NOT NULL AND time < ?",
+                (time.time() - self.ttl,),
+            ).rowcount
 
     def drop_stale_reservations(self) -> int:
         """Delete 'reserved' rows (requests of a process that died before answering); -> how many."""

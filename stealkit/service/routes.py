@@ -60,13 +60,15 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 
 
 def _idempotency(request: Request, body: bytes) -> tuple[str | None, str | None]:
-    """(key, SHA-256 of what the request asks) from the Idempotency-Key header; (None, None) without one."""
+    """(key, SHA-256 of what the request asks and of what answers it: the served model and defence)
+    from the Idempotency-Key header; (None, None) without one."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None, None
     if not 1 <= len(key) <= 255 or not all(33 <= ord(c) <= 126 for c in key):
         raise BadInput(422, "Idempotency-Key must be 1–255 printable ASCII characters without spaces")
-    h = hashlib.sha256()
+    st = request.app.state.service
+    h = hashlib.sha256(f"{st.model_name}\0{st.defence!r}\0".encode())
     for name in ("content-type", "x-array-shape", "x-array-dtype"):
         h.update(request.headers.get(name, "").encode() + b"\0")
     h.update(body)

@@ -130,6 +130,8 @@ class RemoteTarget(Target):
         self._owns_client = client is None
         self.cache = AnswerCache(Path(cache_dir) / "answers.sqlite", cache_namespace or self.url) if cache_dir else None
         self._salt = (self.cache.salt if self.cache is not None else secrets.token_hex(16)).encode()  # of the Idempotency-Keys
+        self._posts = 0  # without a cache, part of each key: sending the same images again is a new request
+        self.in_flight_patience = 2 * timeout  # seconds to wait for our own earlier attempt (HTTP 409)
         self.cache_hits = 0
         self.retried = 0
         self._dim: int | None = None
@@ -147,7 +149,8 @@ class RemoteTarget(Target):
         """One API call with retries on 409 (same Idempotency-Key still running) / 429 / 5xx / connection errors;
         raises on other errors. A retried POST carries the same Idempotency-Key, so it is never billed twice."""
         headers = {**self._auth, **kw.pop("headers", {})}
-        for attempt in range(self.retries + 1):
+        attempt = in_flight_wait = 0
+        while True:
             response, error = None, None
             try:
                 response = self._client.request(method, path, headers=headers, **kw)
@@ -155,11 +158,20 @@ class RemoteTarget(Target):
                 error = exc
             if error is None and response.status_code not in (409, 429) and response.status_code < 500:
                 break
+            if error is None and response.status_code == 409 and in_flight_wait < self.in_flight_patience:
+                # Our own earlier attempt is still being answered (it outlived our timeout): wait for it,
+                # outside the retry budget; its answer is paid for and comes back as a replay.
+                delay = self._delay(0, response)
+                in_flight_wait += delay
+                self.retried += 1
+                self._sleep(delay)
+                continue
             if attempt == self.retries:
                 what = f"{error.__class__.__name__}: {error}" if error else f"HTTP {response.status_code}: {_detail(response)}"
-                raise RemoteError(f"{method} {self.url}{path} failed after {self.retries + 1} attempts ({what})")
+                raise RemoteError(f"{method} {self.url}{path} failed after {attempt + 1} attempts ({what})")
             self.retried += 1
             self._sleep(self._delay(attempt, response))
+            attempt += 1
         if response.status_code == 401:
             raise PermissionError(f"{self.url} refused the API key: {_detail(response)}")
         if response.status_code == 402:
@@ -191,7 +203,11 @@ class RemoteTarget(Target):
         content = x.numpy().tobytes()
         if self.idempotency:
             shape = headers["X-Array-Shape"].encode()
-            headers["Idempotency-Key"] = "stealkit-" + hashlib.sha256(self._salt + b"|" + shape + b"|" + content).hexdigest()
+            # With a cache, an image already answered is never sent again, so the same key means a retry or a
+            # resumed run; without one, a call counter keeps deliberate repeats apart (billed, fresh answers).
+            self._posts += 1
+            call = b"" if self.cache is not None else str(self._posts).encode()
+            headers["Idempotency-Key"] = "stealkit-" + hashlib.sha256(self._salt + b"|" + call + b"|" + shape + b"|" + content).hexdigest()
         r = self._request("POST", "/v1/embeddings", content=content, headers=headers)
         if r.headers.get("idempotent-replayed") == "true":
             self.replayed += len(x)
