@@ -6,7 +6,9 @@ time per stage, next to the paper's numbers. Runs `configs/table10_variants_cifa
 
 To fit a time limit per command, run one attack at a time into the same --run-dir (`--attack StolenEncoder`,
 then `--attack StolenEncoder-w/o-aug`, ...): the runner keeps each finished row and its queries, and a
-steal cut off mid-way resumes from its last saved epoch.
+steal cut off mid-way resumes from its last saved epoch. Each such call writes --out, results.json and
+report.md with its own row only (and probes it); finish with one call without --attack: every row is then
+read from the run directory, and only the probes run, for the whole table.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     if args.attack:
-        chosen = [a for a in cfg.attacks if (a.label or a.name) in args.attack]
+        chosen = [a for a in cfg.attack_list() if (a.label or a.name) in args.attack]
         if len(chosen) != len(args.attack):
-            raise SystemExit(f"--attack {args.attack}: the config's attacks are {[a.label or a.name for a in cfg.attacks]}")
+            raise SystemExit(f"--attack {args.attack}: the config's attacks are {[a.label or a.name for a in cfg.attack_list()]}")
         cfg = cfg.model_copy(update={"attacks": chosen})
     if args.data_root:
         cfg = cfg.model_copy(update={"data_root": args.data_root})

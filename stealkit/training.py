@@ -70,9 +70,16 @@ class TrainState:
         if self.path is None or not self.path.exists():
             return 0, [], {}
         blob = torch.load(self.path, map_location=map_location, weights_only=True)
-        for k, m in modules.items():
-            m.load_state_dict(blob["modules"][k])
-        optimizer.load_state_dict(blob["optimizer"])
+        try:
+            for k, m in modules.items():
+                m.load_state_dict(blob["modules"][k])
+            optimizer.load_state_dict(blob["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise RuntimeError(
+                f"cannot resume from {self.path}: it was written by another model layout (another stealkit version "
+                f"or other settings, e.g. MoCo's moco_bn_splits). Resume with the settings that wrote it, or delete "
+                f"the file to start over. ({str(exc).splitlines()[0]})"
+            ) from exc
         return int(blob["epoch"]), list(blob["log"]), dict(blob.get("extra", {}))
 
 

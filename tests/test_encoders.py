@@ -96,3 +96,18 @@ def test_parse_augmentations():
     assert parse_augmentations("none") == ()
     with pytest.raises(ValueError, match="unknown augmentation"):
         parse_augmentations("flip+rotate")
+
+
+def test_exact_fp32_turns_tf32_off_on_cuda_and_restores_it():
+    from stealkit.runtime import exact_fp32
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with exact_fp32(torch.device("cuda")):  # only flips flags: runs without a GPU
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with exact_fp32(torch.device("cpu")):
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -93,3 +93,13 @@ def test_moco_keys_are_normalised_with_other_images_than_their_queries():
     assert torch.allclose(plain.keys(v), plain.key_head(plain.key_encoder(v)), atol=1e-5)
     with pytest.raises(ValueError, match="divide batch_size"):
         PretrainConfig(method="moco", batch_size=60, moco_bn_splits=8)
+
+
+def test_resuming_from_a_state_of_another_layout_says_what_to_do(tmp_path):
+    state = tmp_path / "moco.state.pt"
+    base = dict(method="moco", arch="cnn_tiny", epochs=1, batch_size=32, checkpoint_every=1, moco_queue=64, amp=False, device="cpu")
+    pretrain(_images(64), PretrainConfig(**base, moco_bn_splits=1), state_path=state, progress=False)
+    with pytest.raises(RuntimeError, match="Resume with the settings that wrote it, or delete"):
+        pretrain(_images(64), PretrainConfig(**{**base, "epochs": 2}, moco_bn_splits=8), state_path=state, progress=False)
+    _, log = pretrain(_images(64), PretrainConfig(**{**base, "epochs": 2}, moco_bn_splits=1), state_path=state, progress=False)
+    assert [e["epoch"] for e in log] == [1, 2]  # the same layout resumes

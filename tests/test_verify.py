@@ -182,7 +182,9 @@ def test_watermark_p_value_counts_images_not_predictions():
     u = t / math.sqrt(3)
     expected = 1 - (0.5 + (u / (1 + u * u) + math.atan(u)) / math.pi)
     assert per_image_p_value(acc, 0.25) == pytest.approx(expected, rel=1e-9)
-    assert per_image_p_value(torch.ones(5), 0.25) == 0.0 and per_image_p_value(torch.full((5,), 0.25), 0.25) == 1.0
+    # every image scoring the same: the sign test, 0.5^n (2 images: 0.25, not "certain")
+    assert per_image_p_value(torch.ones(2), 0.25) == pytest.approx(0.25) and per_image_p_value(torch.ones(10), 0.25) == pytest.approx(0.5**10)
+    assert per_image_p_value(torch.full((5,), 0.25), 0.25) == 1.0 and per_image_p_value(torch.zeros(5), 0.25) == 1.0
     clustered = torch.tensor([1.0] * 4 + [0.0] * 6)  # 16/40 right: the binomial over 40 trials says p ≈ 0.02
     from scipy.stats import binomtest
 

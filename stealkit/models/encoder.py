@@ -7,6 +7,8 @@ with its own mean/std and returns N×D features (D = `feature_dim`).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -93,18 +95,18 @@ def build_encoder(arch: str = "resnet18", input_size: int = 32, cifar_stem: bool
 def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | None = None, amp: bool = False) -> torch.Tensor:
     """Features of a uint8 image tensor, in eval mode, batch by batch -> float32 N×D on CPU.
 
-    fp32 by default: these are the API's answers, the defences' inputs and the probes' features, and
-    bf16 (amp=True, CUDA only) would round them to ~2⁻⁸ relative precision, coarser than the rounding
-    defence of Table XIV. amp=True is for monitors where speed matters more (the kNN monitor)."""
-    from stealkit.runtime import autocast
+    fp32 by default (TF32 off on CUDA): these are the API's answers, the defences' inputs and the probes'
+    features, and bf16 (amp=True, CUDA only) would round them to ~2⁻⁸ relative precision, coarser than the
+    rounding defence of Table XIV. amp=True is for monitors where speed matters more (the kNN monitor)."""
+    from stealkit.runtime import autocast, exact_fp32
 
-    device = device or next(encoder.parameters()).device
+    device = torch.device(device or next(encoder.parameters()).device)
     was_training = encoder.training
     encoder.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True)
-        with autocast(device, enabled=amp):
+        with autocast(device, enabled=amp), (exact_fp32(device) if not amp else nullcontext()):
             out.append(encoder(x).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "feature_dim", 0))

@@ -61,8 +61,8 @@ class MoCoModel(nn.Module):
         self.register_buffer("queue", nn.functional.normalize(torch.randn(cfg.moco_queue, cfg.proj_dim, generator=g), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         perm = torch.randperm(cfg.batch_size, generator=g) if cfg.moco_bn_splits > 1 else torch.arange(cfg.batch_size)
-        self.register_buffer("key_perm", perm)
-        self.register_buffer("key_unperm", torch.argsort(perm))
+        self.register_buffer("key_perm", perm, persistent=False)  # derived from the seed: not part of the saved state
+        self.register_buffer("key_unperm", torch.argsort(perm), persistent=False)
 
     def keys(self, v2: torch.Tensor) -> torch.Tensor:
         """Key embeddings N×proj_dim of the second views, computed in shuffled order, returned in order."""

@@ -186,9 +186,21 @@ def per_image_p_value(accuracies: torch.Tensor, chance: float) -> float:
     a = accuracies.double().numpy()
     if len(a) < 2:
         raise ValueError("the watermark check needs at least 2 images")
-    if a.std() == 0:  # every image scored the same: the t statistic is ±inf or undefined
-        return 0.0 if a[0] > chance else 1.0
+    if a.std() < 1e-12:  # every image scored the same: t is ±inf or undefined; fall back to a sign test
+        return sign_test_p(a, chance)
     return float(ttest_1samp(a, chance, alternative="greater").pvalue)
+
+
+def sign_test_p(accuracies, chance: float, tol: float = 1e-9) -> float:
+    """One-sided sign test over images: how likely this many images score above chance, of those that do not
+    score exactly chance, if above and below were equally likely (H0: median = chance)."""
+    from scipy.stats import binomtest
+
+    above = int((accuracies > chance + tol).sum())
+    below = int((accuracies < chance - tol).sum())
+    if above + below == 0:
+        return 1.0
+    return float(binomtest(above, above + below, 0.5, alternative="greater").pvalue)
 
 
 def head_path(encoder_path: str | Path) -> Path:
