@@ -183,7 +183,7 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
     ncls = max(train.num_classes, int(train.labels.max()) + 1)
 
     def feats(enc, images, tag):
-        return run.features.features(enc, images, f"{ds_spec.name}:{tag}", device=device)
+        return run.features.features(enc, images, f"{ds_spec.name}@{root}:{tag}", device=device)  # root: other files, other images
 
     names, tr_f, te_f = [], [], []
     for vkey, (venc, _) in victims.items():
