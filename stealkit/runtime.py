@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import threading
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -37,19 +38,33 @@ def autocast(device: torch.device, enabled: bool = True, cache: bool = True):
     return nullcontext()
 
 
+_TF32_LOCK = threading.RLock()
+
+
 @contextmanager
 def exact_fp32(device: torch.device):
     """On CUDA, turn off TF32 (cuDNN convolutions use it by default: ~2⁻¹¹ relative error, as coarse as a
-    3-decimal rounding defence) for what this block computes; restored afterwards. No-op elsewhere."""
+    3-decimal rounding defence) for what this block computes; restored afterwards. No-op elsewhere.
+    The flags are process-wide: blocks are serialised by a lock. Uses torch's `fp32_precision` settings
+    where they exist (torch >= 2.9; mixing them with the legacy `allow_tf32` flags is an error)."""
     if device.type != "cuda":
         yield
         return
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    with _TF32_LOCK:
+        if conv is not None:
+            saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+            torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
+        else:
+            saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            if conv is not None:
+                torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+            else:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def environment() -> dict:

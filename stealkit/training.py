@@ -75,10 +75,13 @@ class TrainState:
                 m.load_state_dict(blob["modules"][k])
             optimizer.load_state_dict(blob["optimizer"])
         except (RuntimeError, KeyError, ValueError) as exc:
+            if isinstance(exc, RuntimeError) and "state_dict" not in str(exc):
+                raise  # not a layout mismatch (e.g. out of memory)
+            detail = " ".join(str(exc).split())[:600]
             raise RuntimeError(
-                f"cannot resume from {self.path}: it was written by another model layout (another stealkit version "
+                f"cannot resume from {self.path}: it was written for another model layout (another stealkit version "
                 f"or other settings, e.g. MoCo's moco_bn_splits). Resume with the settings that wrote it, or delete "
-                f"the file to start over. ({str(exc).splitlines()[0]})"
+                f"the file to start over. ({detail})"
             ) from exc
         return int(blob["epoch"]), list(blob["log"]), dict(blob.get("extra", {}))
 

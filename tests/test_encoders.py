@@ -101,13 +101,16 @@ def test_parse_augmentations():
 def test_exact_fp32_turns_tf32_off_on_cuda_and_restores_it():
     from stealkit.runtime import exact_fp32
 
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        with exact_fp32(torch.device("cuda")):  # only flips flags: runs without a GPU
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        with exact_fp32(torch.device("cpu")):
-            assert torch.backends.cudnn.allow_tf32
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    new_api = hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+    def flags():
+        if new_api:
+            return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+    before = flags()
+    with exact_fp32(torch.device("cuda")):  # only flips flags: runs without a GPU
+        assert flags() == (("ieee", "ieee") if new_api else (False, False))
+    assert flags() == before
+    with exact_fp32(torch.device("cpu")):
+        assert flags() == before

@@ -170,3 +170,10 @@ def test_quickstart_serve_tiny(tmp_path, capsys):
     assert acct["account"] == "attacker" and acct["queries"] == acct["api_queries"] == 128
     assert Ledger(tmp_path / "qs" / "ledger.sqlite").usage("attacker").queries == 128
     assert "ledger check OK" in capsys.readouterr().out
+    # a rerun in the same directory serves on another port: its rows still come from the cache, nothing
+    # is stolen or paid again, and the ledger (both accounts) still equals what the runner reports
+    again = quickstart_over_http(packaged_config("quickstart"), overrides, tmp_path / "qs")
+    out = capsys.readouterr().out
+    assert out.count("stolen encoder cached") == 3 and again["ledger"]["match"] and again["ledger"]["runner_queries"] == 128
+    assert [a["queries"] for a in again["ledger"]["accounts"]] == [128, 0]
+

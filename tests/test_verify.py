@@ -169,23 +169,17 @@ def test_watermark_checkpoint_round_trip_and_cli(watermarked, tmp_path, monkeypa
 
 
 def test_watermark_p_value_counts_images_not_predictions():
-    """Per-image t-test against a closed form (Student t with 3 degrees of freedom:
-    F(t) = 1/2 + (1/π)·(u/(1+u²) + atan u), u = t/√3), and why it is needed: images whose four
-    predictions are all right or all wrong are 10 observations, not 40 independent ones."""
-    import math
+    """Per-image Wilcoxon signed-rank test against hand-computed exact values, and why the unit must be
+    the image: images whose four predictions are all right or all wrong are 10 observations, not 40."""
+    from scipy.stats import binomtest
 
     from stealkit.verify.watermark import per_image_p_value
 
-    acc = torch.tensor([0.5, 0.75, 0.25, 1.0])
-    mean, sd = 0.625, math.sqrt(0.3125 / 3)
-    t = (mean - 0.25) / (sd / 2)
-    u = t / math.sqrt(3)
-    expected = 1 - (0.5 + (u / (1 + u * u) + math.atan(u)) / math.pi)
-    assert per_image_p_value(acc, 0.25) == pytest.approx(expected, rel=1e-9)
-    # every image scoring the same: the sign test, 0.5^n (2 images: 0.25, not "certain")
-    assert per_image_p_value(torch.ones(2), 0.25) == pytest.approx(0.25) and per_image_p_value(torch.ones(10), 0.25) == pytest.approx(0.5**10)
-    assert per_image_p_value(torch.full((5,), 0.25), 0.25) == 1.0 and per_image_p_value(torch.zeros(5), 0.25) == 1.0
+    # differences +0.1, +0.2, -0.05, +0.3: ranks 2, 3, 1, 4, W+ = 9; of the 16 equally likely sign
+    # patterns, {2,3,4} and {1,2,3,4} reach 9 or more: p = 2/16
+    assert per_image_p_value(torch.tensor([0.35, 0.45, 0.2, 0.55]), 0.25) == pytest.approx(2 / 16)
+    assert per_image_p_value(torch.ones(2), 0.25) == pytest.approx(0.25)  # all above: 0.5^n
+    assert per_image_p_value(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.75]), 0.25) <= per_image_p_value(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.25]), 0.25)
+    assert per_image_p_value(torch.full((5,), 0.25), 0.25) == 1.0 and per_image_p_value(torch.zeros(5), 0.25) > 0.9
     clustered = torch.tensor([1.0] * 4 + [0.0] * 6)  # 16/40 right: the binomial over 40 trials says p ≈ 0.02
-    from scipy.stats import binomtest
-
     assert binomtest(16, 40, 0.25, alternative="greater").pvalue < 0.05 < per_image_p_value(clustered, 0.25)

@@ -81,7 +81,7 @@ def quickstart_over_http(config_path: str | Path, overrides: list[str] | None, r
     from pydantic import ValidationError
 
     from stealkit.experiment.config import TargetSpec, VictimSpec, load_config
-    from stealkit.experiment.runner import run_experiment
+    from stealkit.experiment.runner import file_digest, run_experiment
     from stealkit.service import Ledger, ServiceSettings, create_app
     from stealkit.service.background import serve_in_thread
     from stealkit.targets.remote import RemoteTarget
@@ -115,7 +115,9 @@ def quickstart_over_http(config_path: str | Path, overrides: list[str] | None, r
     served_cfg = cfg.model_copy(update={"victim": VictimSpec(label=cfg.victim.display(), checkpoint=str(victim_path))})
     with serve_in_thread(create_app(settings)) as url:
         console.print(f"serving {victim_path.name} at {url} (ledger {ledger_path}, account {account!r})")
-        served_cfg = served_cfg.model_copy(update={"target": TargetSpec(url=url, api_key=key)})
+        # The port is new on every run; the cache keys follow what answers there: the victim file and the defence.
+        identity = f"quickstart-serve:{file_digest(victim_path)}:{json.dumps(cfg.defence, sort_keys=True)}"
+        served_cfg = served_cfg.model_copy(update={"target": TargetSpec(url=url, api_key=key, identity=identity)})
         results = run_experiment(served_cfg, run_dir, echo=echo)
         with RemoteTarget(url, key) as client:
             api_usage = client.usage()

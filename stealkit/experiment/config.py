@@ -74,6 +74,7 @@ class TargetSpec(Strict):
     api_key: str | None = None
     api_key_env: str | None = "STEALKIT_API_KEY"
     cache_dir: str | None = None
+    identity: str | None = None  # what answers at the URL, for cache keys (default: the URL itself)
 
 
 class SweepSpec(Strict):

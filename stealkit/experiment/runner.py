@@ -99,17 +99,18 @@ def _surrogate(row: dict, victim_info: dict, data_root):
     return load_data(DataSpec(**s), data_root)
 
 
-def row_key(row: dict, cfg: ExperimentConfig) -> str:
+def row_key(row: dict, cfg: ExperimentConfig, victim_checkpoint: str | None = None) -> str:
     """Cache key of a row's queries and stolen encoder: the row, with the attack's config as resolved
     (defaults included), plus everything outside it that changes what is stolen: seed, budget, data
-    root, HTTP target, and the bytes of a victim given as a checkpoint file."""
-    target = cfg.target.url if cfg.target is not None else None
+    root, what answers over HTTP, and the bytes of the victim's checkpoint (given, or pre-trained and cached)."""
+    target = (cfg.target.identity or cfg.target.url) if cfg.target is not None else None
     attack = build_attack(row["attack"]["name"], _attack_config(row, {}, cfg)).config.model_dump()
     victim_file = None
-    if row["victim"].get("checkpoint"):
+    checkpoint = victim_checkpoint or row["victim"].get("checkpoint")
+    if checkpoint:
         from stealkit.models.checkpoint import weights_path
 
-        victim_file = file_digest(weights_path(row["victim"]["checkpoint"]))
+        victim_file = file_digest(weights_path(checkpoint))
     return spec_key({**row, "attack_resolved": attack, "seed": cfg.seed, "budget": cfg.budget, "data_root": cfg.data_root,
                      "target": target, "victim_file": victim_file})
 
@@ -127,7 +128,7 @@ def file_digest(path: Path) -> str | None:
 
 def steal_row(run: Run, row: dict, victim, victim_info: dict, device) -> dict:
     cfg = run.cfg
-    key = row_key(row, cfg)
+    key = row_key(row, cfg, victim_info.get("checkpoint"))
     row_dir = run.dir / "rows" / key
     row_dir.mkdir(parents=True, exist_ok=True)
     stolen_path = row_dir / "stolen"

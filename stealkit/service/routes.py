@@ -67,8 +67,7 @@ def _idempotency(request: Request, body: bytes) -> tuple[str | None, str | None]
         return None, None
     if not 1 <= len(key) <= 255 or not all(33 <= ord(c) <= 126 for c in key):
         raise BadInput(422, "Idempotency-Key must be 1–255 printable ASCII characters without spaces")
-    st = request.app.state.service
-    h = hashlib.sha256(f"{st.model_name}\0{st.defence!r}\0".encode())
+    h = hashlib.sha256(request.app.state.service.identity.encode() + b"\0")
     for name in ("content-type", "x-array-shape", "x-array-dtype"):
         h.update(request.headers.get(name, "").encode() + b"\0")
     h.update(body)

@@ -22,6 +22,25 @@ class ServiceState:
     model_name: str
     buckets: TokenBuckets = field(default_factory=TokenBuckets)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    identity: str = ""  # what answers: the weights' fingerprint and the defence's spec (replays must match it)
+
+    @staticmethod
+    def answer_identity(encoder: torch.nn.Module, defence, defence_spec: dict | None) -> str:
+        """A fingerprint of what answers requests, stable across restarts: the encoder's weights and the
+        defence (its config spec when it came from settings, else its class and its own repr if it has one)."""
+        import hashlib
+        import json
+
+        from stealkit.probes.features import encoder_fingerprint
+
+        if defence is None:
+            what = "none"
+        elif defence_spec is not None:
+            what = json.dumps(defence_spec, sort_keys=True, default=str)
+        else:
+            cls = type(defence)
+            what = cls.__module__ + "." + cls.__qualname__ + (repr(defence) if cls.__repr__ is not object.__repr__ else "")
+        return hashlib.sha256(f"{encoder_fingerprint(encoder)}\0{what}".encode()).hexdigest()
 
     def answer(self, images: list[torch.Tensor], account: str) -> torch.Tensor:
         """uint8 3×H×W images (sizes may differ) -> float32 N×D, defence applied per account.
