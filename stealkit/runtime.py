@@ -45,26 +45,29 @@ _TF32_LOCK = threading.RLock()
 def exact_fp32(device: torch.device):
     """On CUDA, turn off TF32 (cuDNN convolutions use it by default: ~2⁻¹¹ relative error, as coarse as a
     3-decimal rounding defence) for what this block computes; restored afterwards. No-op elsewhere.
-    The flags are process-wide: blocks are serialised by a lock. Uses torch's `fp32_precision` settings
-    where they exist (torch >= 2.9; mixing them with the legacy `allow_tf32` flags is an error)."""
+    The flags are process-wide: blocks are serialised by a lock. Matmuls go through
+    `torch.set_float32_matmul_precision`, which keeps torch's legacy and new settings in agreement
+    (mixing them is an error); convolutions through `cudnn.conv.fp32_precision` where it exists (torch >= 2.9)."""
     if device.type != "cuda":
         yield
         return
-    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    conv_api = hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
     with _TF32_LOCK:
-        if conv is not None:
-            saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
-            torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
+        matmul = torch.get_float32_matmul_precision()
+        conv = torch.backends.cudnn.conv.fp32_precision if conv_api else torch.backends.cudnn.allow_tf32
+        torch.set_float32_matmul_precision("highest")
+        if conv_api:
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
         else:
-            saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         try:
             yield
         finally:
-            if conv is not None:
-                torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+            torch.set_float32_matmul_precision(matmul)
+            if conv_api:
+                torch.backends.cudnn.conv.fp32_precision = conv
             else:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+                torch.backends.cudnn.allow_tf32 = conv
 
 
 def environment() -> dict:

@@ -179,7 +179,6 @@ def test_watermark_p_value_counts_images_not_predictions():
     # patterns, {2,3,4} and {1,2,3,4} reach 9 or more: p = 2/16
     assert per_image_p_value(torch.tensor([0.35, 0.45, 0.2, 0.55]), 0.25) == pytest.approx(2 / 16)
     assert per_image_p_value(torch.ones(2), 0.25) == pytest.approx(0.25)  # all above: 0.5^n
-    assert per_image_p_value(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.75]), 0.25) <= per_image_p_value(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.25]), 0.25)
     assert per_image_p_value(torch.full((5,), 0.25), 0.25) == 1.0 and per_image_p_value(torch.zeros(5), 0.25) > 0.9
     clustered = torch.tensor([1.0] * 4 + [0.0] * 6)  # 16/40 right: the binomial over 40 trials says p ≈ 0.02
     assert binomtest(16, 40, 0.25, alternative="greater").pvalue < 0.05 < per_image_p_value(clustered, 0.25)

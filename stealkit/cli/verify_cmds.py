@@ -111,7 +111,7 @@ def watermark_cmd(
         as_json,
         [
             f"watermark accuracy {r.accuracy:.4f} ({r.correct}/{r.trials}), chance {r.chance:.2f}",
-            f"p-value = {r.p_value:.3g} (alpha = {r.alpha}; per-image t-test; binomial over all predictions {r.p_binomial:.3g})",
+            f"p-value = {r.p_value:.3g} (alpha = {r.alpha}; per-image Wilcoxon signed-rank; binomial over all predictions {r.p_binomial:.3g})",
             f"verdict: {r.verdict}",
         ],
     )

@@ -182,8 +182,11 @@ def watermark_accuracy(suspect, head: nn.Module, images: torch.Tensor, rotations
 def per_image_p_value(accuracies: torch.Tensor, chance: float, tol: float = 1e-9) -> float:
     """One-sided Wilcoxon signed-rank test over images, H1: per-image accuracies (N values in [0, 1]) lie
     above chance. Images scoring exactly chance carry no sign and are dropped; none left -> 1.0.
-    Rank-based, so it needs no normality of the few-valued accuracies and a better score never gets a
-    worse verdict; all n images above chance give at best 0.5^n."""
+    Rank-based, so it needs no normality of the few-valued accuracies; all n images above chance give
+    at best 0.5^n. It assumes differences symmetric about 0 under H0: exact for rotations=2; for 4,
+    Binomial(4, 1/4)/4 is skewed, which makes p slightly optimistic for very many images (tens of
+    thousands; negligible at the default few hundred). Ties can make p move slightly against a
+    single image's improvement."""
     import warnings
 
     from scipy.stats import wilcoxon
