@@ -25,21 +25,15 @@ class ServiceState:
     identity: str = ""  # what answers: the weights' fingerprint and the defence's spec (replays must match it)
 
     @staticmethod
-    def answer_identity(encoder: torch.nn.Module, defence, defence_spec: dict | None) -> str:
+    def answer_identity(encoder: torch.nn.Module, defence) -> str:
         """A fingerprint of what answers requests, stable across restarts: the encoder's weights and the
-        defence (its config spec when it came from settings, else its class and its own repr if it has one)."""
+        defence's configuration (`defence_config`), however the defence was given (settings or object)."""
         import hashlib
         import json
 
         from stealkit.probes.features import encoder_fingerprint
 
-        if defence is None:
-            what = "none"
-        elif defence_spec is not None:
-            what = json.dumps(defence_spec, sort_keys=True, default=str)
-        else:
-            cls = type(defence)
-            what = cls.__module__ + "." + cls.__qualname__ + (repr(defence) if cls.__repr__ is not object.__repr__ else "")
+        what = json.dumps(defence_config(defence), sort_keys=True)
         return hashlib.sha256(f"{encoder_fingerprint(encoder)}\0{what}".encode()).hexdigest()
 
     def answer(self, images: list[torch.Tensor], account: str) -> torch.Tensor:
@@ -59,3 +53,26 @@ class ServiceState:
                     feats = self.defence(feats, images=batch, account=account)
                 out[idx] = feats.float()
         return out
+
+
+def defence_config(defence) -> dict | None:
+    """The configuration of a defence object, however it was built (from settings or directly): its
+    class and the values of its constructor's parameters as it stores them (`name` or `name_kind`), a
+    model among them (the poisoning defence's shadow encoder) by its weights' fingerprint. State that
+    grows while serving (per-account tables, a learned centre) and random-number streams are left out."""
+    if defence is None:
+        return None
+    import inspect
+
+    from stealkit.probes.features import encoder_fingerprint
+
+    cls = type(defence)
+    out: dict = {"class": cls.__module__ + "." + cls.__qualname__}
+    stored = vars(defence)
+    for name in inspect.signature(cls.__init__).parameters:
+        v = stored.get(name, stored.get(name + "_kind"))
+        if isinstance(v, (bool, int, float, str)):
+            out[name] = v
+        elif isinstance(v, torch.nn.Module):
+            out[name] = encoder_fingerprint(v)
+    return out
