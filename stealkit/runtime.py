@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
@@ -20,6 +21,11 @@ def pick_device(name: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
     return device
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed derived from any values (SHA-256 of their text): independent streams by name."""
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def seed_everything(seed: int) -> torch.Generator:

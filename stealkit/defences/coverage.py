@@ -26,7 +26,6 @@ Shapes: features float N×D (D fixed at the first call), images ignored -> float
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sqlite3
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from stealkit.defences.base import Defence, register_defence
+from stealkit.runtime import derived_seed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS b4b_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,10 +59,6 @@ def noise_curve(coverage: np.ndarray | float, curve: str = "exp", alpha: float =
     if curve == "none":
         return np.zeros_like(c)
     raise ValueError(f"unknown noise curve {curve!r}; choose from {CURVES}")
-
-
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 @register_defence("coverage")
@@ -137,7 +133,7 @@ class CoverageDefence(Defence):
             raise ValueError(f"coverage defence set up for {self.feature_dim}-d features, got {dim}-d")
         if self.planes is None:
             self.feature_dim = int(dim)
-            g = torch.Generator().manual_seed(_seed("planes", self.seed))
+            g = torch.Generator().manual_seed(derived_seed("planes", self.seed))
             self.planes = torch.randn(self.feature_dim, self.num_planes, generator=g)
             with self._tx() as c:
                 c.execute("INSERT OR REPLACE INTO b4b_meta VALUES ('params', ?)", (json.dumps(self._params()),))
@@ -183,7 +179,7 @@ class CoverageDefence(Defence):
 
     def _account_transform(self, account: str, dim: int):
         if account not in self._transforms:
-            g = torch.Generator().manual_seed(_seed("transform", self.secret, account))
+            g = torch.Generator().manual_seed(derived_seed("transform", self.secret, account))
             kind = self.transform_kind
             if kind in ("affine", "rotation"):
                 q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
@@ -238,7 +234,7 @@ class CoverageDefence(Defence):
         f = features.detach().float().cpu()
         if self.relative:
             sig = sig * f.norm(dim=1, keepdim=True) / math.sqrt(f.shape[1])
-        g = torch.Generator().manual_seed(_seed("noise", self.secret, self.seed, account, before))
+        g = torch.Generator().manual_seed(derived_seed("noise", self.secret, self.seed, account, before))
         noised = f + sig * torch.randn(f.shape, generator=g)
         return self.transform(noised, account).to(features.device)
 

@@ -27,7 +27,7 @@ from stealkit.experiment.victims import get_victim, load_data, spec_key
 from stealkit.models.checkpoint import checkpoint_exists, load_encoder, save_encoder
 from stealkit.probes.evaluate import evaluate_feature_sets, prediction_agreement
 from stealkit.probes.features import FeatureCache, extract_features
-from stealkit.runtime import environment, pick_device
+from stealkit.runtime import derived_seed, environment, pick_device
 from stealkit.targets import LocalTarget
 
 
@@ -82,7 +82,7 @@ def _attack_config(row: dict, victim_info: dict, cfg: ExperimentConfig) -> dict:
         conf = {**base, **conf}
         # Its own seed, never the victim's: with the same seed and architecture it would start from the
         # victim's initial weights (both default to seed 0).
-        conf.setdefault("seed", int(hashlib.sha256(f"pretrain-encoder:{cfg.seed}".encode()).hexdigest()[:8], 16))
+        conf.setdefault("seed", derived_seed("pretrain-encoder", cfg.seed))
     conf.setdefault("seed", cfg.seed)
     return conf
 
