@@ -230,11 +230,7 @@ class Ledger:
             if row is None:
                 raise KeyError(f"no active account {account!r}")
             if idem_key is not None:
-                con.execute(
-                    "UPDATE requests SET idem_key = NULL, body_sha = NULL, answer = NULL "
-                    "WHERE account = ? AND status = 'served' AND idem_key IS NOT NULL AND time < ?",
-                    (account, time.time() - self.ttl),
-                )
+                self._forget_expired(con, account)
                 earlier = con.execute(
                     "SELECT id, status, body_sha, answer, count, dim FROM requests WHERE account = ? AND idem_key = ?", (account, idem_key)
                 ).fetchone()
@@ -285,11 +281,13 @@ class Ledger:
         """Free the stored answers of keyed requests older than the ttl, for every account; -> how many.
         (The ledger rows stay: only the replay copies go.)"""
         with self._transaction() as con:
-            return con.execute(
-                "UPDATE requests SET idem_key = NULL, body_sha = NULL, answer = NULL "
-                "WHERE status = 'served' AND idem_key IS NOT NULL AND time < ?",
-                (time.time() - self.ttl,),
-            ).rowcount
+            return self._forget_expired(con)
+
+    def _forget_expired(self, con, account: str | None = None) -> int:
+        """Inside a transaction: forget keys and answers older than the ttl (of one account, or all)."""
+        where = "status = 'served' AND idem_key IS NOT NULL AND time < ?" + (" AND account = ?" if account is not None else "")
+        args = (time.time() - self.ttl,) + ((account,) if account is not None else ())
+        return con.execute(f"UPDATE requests SET idem_key = NULL, body_sha = NULL, answer = NULL WHERE {where}", args).rowcount
 
     def drop_stale_reservations(self) -> int:
         """Delete 'reserved' rows (requests of a process that died before answering); -> how many."""
