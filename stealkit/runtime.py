@@ -51,29 +51,21 @@ _TF32_LOCK = threading.RLock()
 def exact_fp32(device: torch.device):
     """On CUDA, turn off TF32 (cuDNN convolutions use it by default: ~2⁻¹¹ relative error, as coarse as a
     3-decimal rounding defence) for what this block computes; restored afterwards. No-op elsewhere.
-    The flags are process-wide: blocks are serialised by a lock. Matmuls go through
+    The settings are process-wide: blocks are serialised by a lock. Matmuls go through
     `torch.set_float32_matmul_precision`, which keeps torch's legacy and new settings in agreement
-    (mixing them is an error); convolutions through `cudnn.conv.fp32_precision` where it exists (torch >= 2.9)."""
+    (mixing them is an error); convolutions through `cudnn.conv.fp32_precision` (torch >= 2.9)."""
     if device.type != "cuda":
         yield
         return
-    conv_api = hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
     with _TF32_LOCK:
-        matmul = torch.get_float32_matmul_precision()
-        conv = torch.backends.cudnn.conv.fp32_precision if conv_api else torch.backends.cudnn.allow_tf32
+        matmul, conv = torch.get_float32_matmul_precision(), torch.backends.cudnn.conv.fp32_precision
         torch.set_float32_matmul_precision("highest")
-        if conv_api:
-            torch.backends.cudnn.conv.fp32_precision = "ieee"
-        else:
-            torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
         try:
             yield
         finally:
             torch.set_float32_matmul_precision(matmul)
-            if conv_api:
-                torch.backends.cudnn.conv.fp32_precision = conv
-            else:
-                torch.backends.cudnn.allow_tf32 = conv
+            torch.backends.cudnn.conv.fp32_precision = conv
 
 
 def environment() -> dict:

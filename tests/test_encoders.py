@@ -103,15 +103,15 @@ def test_exact_fp32_turns_tf32_off_on_cuda_and_restores_it():
     the usual way first: inside the block torch's settings must still agree (reading them must not raise)."""
     from stealkit.runtime import exact_fp32
 
-    new_api = hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
-    conv = (lambda: torch.backends.cudnn.conv.fp32_precision) if new_api else (lambda: torch.backends.cudnn.allow_tf32)
+    def conv():
+        return torch.backends.cudnn.conv.fp32_precision
     saved = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
         before = (torch.get_float32_matmul_precision(), conv())
         with exact_fp32(torch.device("cuda")):
             assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
-            assert conv() == ("ieee" if new_api else False)
+            assert conv() == "ieee"
         assert (torch.get_float32_matmul_precision(), conv()) == before and torch.backends.cuda.matmul.allow_tf32
         with exact_fp32(torch.device("cpu")):
             assert torch.get_float32_matmul_precision() == "high"
