@@ -67,8 +67,7 @@ def create_app(settings: ServiceSettings | dict | None = None, *, encoder=None, 
         expired = ledger.forget_expired_answers()
         if expired:
             log.info("forgot the stored answers of %d keyed requests older than %.0f s", expired, ledger.ttl)
-        identity = ServiceState.answer_identity(enc, dfn)
-        app.state.service = ServiceState(settings=settings, encoder=enc, defence=dfn, ledger=ledger, model_name=name, identity=identity)
+        app.state.service = ServiceState(settings=settings, encoder=enc, defence=dfn, ledger=ledger, model_name=name)
         log.info("serving %s (dim %d, defence %s) with ledger %s", name, enc.feature_dim, getattr(dfn, "name", "none"), settings.ledger)
         yield
         app.state.service = None

@@ -22,19 +22,18 @@ class ServiceState:
     model_name: str
     buckets: TokenBuckets = field(default_factory=TokenBuckets)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    identity: str = ""  # what answers: the weights' fingerprint and the defence's spec (replays must match it)
+    identity: str = field(init=False)  # what answers (replays must match it); derived in __post_init__
 
-    @staticmethod
-    def answer_identity(encoder: torch.nn.Module, defence) -> str:
-        """A fingerprint of what answers requests, stable across restarts: the encoder's weights and the
-        defence's configuration (`defence_config`), however the defence was given (settings or object)."""
+    def __post_init__(self) -> None:
+        """identity: a fingerprint of what answers requests, stable across restarts: the encoder's weights
+        and the defence's configuration (`defence_config`), however the defence was given."""
         import hashlib
         import json
 
         from stealkit.probes.features import encoder_fingerprint
 
-        what = json.dumps(defence_config(defence), sort_keys=True)
-        return hashlib.sha256(f"{encoder_fingerprint(encoder)}\0{what}".encode()).hexdigest()
+        what = json.dumps(defence_config(self.defence), sort_keys=True)
+        self.identity = hashlib.sha256(f"{encoder_fingerprint(self.encoder)}\0{what}".encode()).hexdigest()
 
     def answer(self, images: list[torch.Tensor], account: str) -> torch.Tensor:
         """uint8 3×H×W images (sizes may differ) -> float32 N×D, defence applied per account.
