@@ -99,20 +99,21 @@ def _surrogate(row: dict, victim_info: dict, data_root):
     return load_data(DataSpec(**s), data_root)
 
 
-def row_key(row: dict, cfg: ExperimentConfig, victim_checkpoint: str | None = None) -> str:
+def row_key(row: dict, cfg: ExperimentConfig, victim_digest: str | None) -> str:
     """Cache key of a row's queries and stolen encoder: the row, with the attack's config as resolved
     (defaults included), plus everything outside it that changes what is stolen: seed, budget, data
-    root, what answers over HTTP, and the bytes of the victim's checkpoint (given, or pre-trained and cached)."""
+    root, what answers over HTTP, and the victim checkpoint's bytes (`victim_digest`, see `_victim_digest`)."""
     target = (cfg.target.identity or cfg.target.url) if cfg.target is not None else None
     attack = build_attack(row["attack"]["name"], _attack_config(row, {}, cfg)).config.model_dump()
-    victim_file = None
-    checkpoint = victim_checkpoint or row["victim"].get("checkpoint")
-    if checkpoint:
-        from stealkit.models.checkpoint import weights_path
-
-        victim_file = file_digest(weights_path(checkpoint))
     return spec_key({**row, "attack_resolved": attack, "seed": cfg.seed, "budget": cfg.budget, "data_root": cfg.data_root,
-                     "target": target, "victim_file": victim_file})
+                     "target": target, "victim_file": victim_digest})
+
+
+def _victim_digest(victim_info: dict) -> str | None:
+    """SHA-256 of the victim's weights file (given, or pre-trained and cached: get_victim names it)."""
+    from stealkit.models.checkpoint import weights_path
+
+    return file_digest(weights_path(victim_info["checkpoint"])) if victim_info.get("checkpoint") else None
 
 
 def file_digest(path: Path) -> str | None:
@@ -128,7 +129,7 @@ def file_digest(path: Path) -> str | None:
 
 def steal_row(run: Run, row: dict, victim, victim_info: dict, device) -> dict:
     cfg = run.cfg
-    key = row_key(row, cfg, victim_info.get("checkpoint"))
+    key = row_key(row, cfg, victim_info.get("checkpoint_sha256"))
     row_dir = run.dir / "rows" / key
     row_dir.mkdir(parents=True, exist_ok=True)
     stolen_path = row_dir / "stolen"
@@ -244,6 +245,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
                 t0 = time.perf_counter()
                 victims[vkey] = get_victim(row["victim"], cfg.data_root, str(device), cfg.progress, echo)
                 victim_infos[vkey] = victims[vkey][1]
+                victim_infos[vkey]["checkpoint_sha256"] = _victim_digest(victim_infos[vkey])  # once per victim, not per row
                 run.stage_seconds[f"victim:{vkey}"] = time.perf_counter() - t0
             venc, vinfo = victims[vkey]
             out = steal_row(run, row, venc, vinfo, device)
