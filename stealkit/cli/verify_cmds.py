@@ -95,7 +95,7 @@ def watermark_cmd(
     device: str = typer.Option("auto"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Accuracy of the victim's rotation head on the suspect's representations; binomial test vs chance."""
+    """Accuracy of the victim's rotation head on the suspect's representations; Wilcoxon signed-rank test over images vs chance."""
     from stealkit.models.checkpoint import load_encoder
     from stealkit.runtime import pick_device
     from stealkit.verify.watermark import head_path, load_watermark_head, watermark_accuracy

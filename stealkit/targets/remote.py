@@ -11,8 +11,9 @@ Every batch carries an Idempotency-Key: SHA-256 of a salt and the batch's pixels
 send the same key, so an answer lost on the way back (the server billed and answered, the connection
 dropped) is replayed from the server's ledger, billed 0. The salt is kept in the answer cache, so a
 run resumed after a crash between the server's answer and the cache write also gets a replay; without
-a cache the salt is drawn per RemoteTarget. Another target (another thief, another attack of an
-experiment) has another salt: sending the same images again is a new request, billed again.
+a cache the salt is drawn per RemoteTarget and a per-call counter joins the key. Another target
+(another thief, another attack of an experiment), or the same target without a cache, sending the same
+images again makes a new request, billed again.
 """
 
 from __future__ import annotations
