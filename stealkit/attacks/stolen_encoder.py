@@ -196,7 +196,8 @@ class StolenEncoder(Attack):
         feats, billed, new = cached_query(target, surrogate.images, workdir / "queries.safetensors" if workdir else None, cfg.query_batch_size, progress)
         query_seconds = time.perf_counter() - t0
 
-        billing = aug_billing_path(workdir / "train_state.pt") if workdir else None
+        state_path = workdir / "train_state.pt" if workdir else None
+        billing = aug_billing_path(state_path) if state_path else None
 
         def query_augmented(batch: torch.Tensor) -> tuple[torch.Tensor, int]:
             """f_t(A(x)) for one epoch. What the target billed is written down even if the call or the
@@ -217,7 +218,7 @@ class StolenEncoder(Attack):
             cfg,
             device=device,
             query_augmented=query_augmented if cfg.query_aug else None,
-            state_path=workdir / "train_state.pt" if workdir else None,
+            state_path=state_path,
             progress=progress,
             loss_fn=self.loss_fn(),
         )

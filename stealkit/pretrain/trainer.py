@@ -50,17 +50,19 @@ class MoCoModel(nn.Module):
 
     def __init__(self, encoder: Encoder, cfg: PretrainConfig):
         super().__init__()
-        self.encoder = split_batchnorm(encoder, cfg.moco_bn_splits) if cfg.moco_bn_splits > 1 else encoder
+        self.encoder = encoder
         self.head = projection_head(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
-        if cfg.moco_bn_splits > 1:
-            split_batchnorm(self.head, cfg.moco_bn_splits)
+        shuffle = cfg.moco_bn_splits > 1
+        if shuffle:
+            for part in (self.encoder, self.head):
+                split_batchnorm(part, cfg.moco_bn_splits)
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.key_head = copy.deepcopy(self.head).requires_grad_(False)
         self.m, self.temperature = cfg.moco_momentum, cfg.temperature
         g = torch.Generator().manual_seed(cfg.seed)
         self.register_buffer("queue", nn.functional.normalize(torch.randn(cfg.moco_queue, cfg.proj_dim, generator=g), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        perm = torch.randperm(cfg.batch_size, generator=g) if cfg.moco_bn_splits > 1 else torch.arange(cfg.batch_size)
+        perm = torch.randperm(cfg.batch_size, generator=g) if shuffle else torch.arange(cfg.batch_size)
         self.register_buffer("key_perm", perm, persistent=False)  # derived from the seed: not part of the saved state
         self.register_buffer("key_unperm", torch.argsort(perm), persistent=False)
 
