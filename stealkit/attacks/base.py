@@ -14,18 +14,11 @@ from tqdm.auto import tqdm
 
 from stealkit.data.imageset import ImageSet
 from stealkit.models.encoder import Encoder
+from stealkit.registry import registrar
 from stealkit.targets.base import Target
 
 ATTACKS: dict[str, type["Attack"]] = {}
-
-
-def register_attack(name: str):
-    def wrap(cls):
-        cls.name = name
-        ATTACKS[name] = cls
-        return cls
-
-    return wrap
+register_attack = registrar(ATTACKS)  # @register_attack("name") on a class registers it
 
 
 class StrictModel(BaseModel):

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from stealkit.registry import registrar
+
 DEFENCES: dict[str, type] = {}
-
-
-def register_defence(name: str):
-    def wrap(cls):
-        cls.name = name
-        DEFENCES[name] = cls
-        return cls
-
-    return wrap
+register_defence = registrar(DEFENCES)  # @register_defence("name") on a class registers it
 
 
 class Defence:
