@@ -50,6 +50,7 @@ def serve(
     port: int = typer.Option(8000),
     defence: str = typer.Option(None, "--defence", help="topk | rounding | noise | poisoning"),
     defence_arg: list[str] = typer.Option([], "--defence-arg", help="KEY=VALUE for the defence, repeatable (k=10, m=2, sigma=0.1, ...)"),
+    normalize: bool = typer.Option(False, "--normalize/--raw", help="L2-normalise answers before the defence, as commercial embedding APIs do (default: raw features)"),
     price_per_1000: float = typer.Option(1.2, "--price-per-1000", help="USD per 1,000 queries"),
     device: str = typer.Option("auto"),
     max_batch: int = typer.Option(1024, help="images per request"),
@@ -63,7 +64,7 @@ def serve(
 
     settings = ServiceSettings(
         checkpoint=str(checkpoint), ledger=str(ledger), host=host, port=port, device=device,
-        defence=parse_defence(defence, defence_arg), price_per_1000=price_per_1000, max_batch=max_batch,
+        defence=parse_defence(defence, defence_arg), normalize=normalize, price_per_1000=price_per_1000, max_batch=max_batch,
         max_image_side=max_image_side, max_request_bytes=int(max_request_mb * 2**20),
         idempotency_ttl_s=idempotency_hours * 3600.0,
     )

@@ -97,6 +97,7 @@ class ExperimentConfig(Strict):
     attacks: list[AttackSpec] | None = None
     surrogate: SurrogateSpec = SurrogateSpec(name="tiny_imagenet32", fraction_of_victim=0.05)
     budget: int | None = None
+    normalize_answers: bool = False  # the API L2-normalises its answers before any defence (the StolenEncoder authors' API does)
     price_per_1000: float = 1.2  # Clarifai's price in the paper, $ per 1,000 queries
     downstream: list[DownstreamSpec] = [DownstreamSpec(name="gtsrb")]
     probe: ProbeSpec = ProbeSpec()

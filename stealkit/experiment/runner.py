@@ -68,7 +68,7 @@ def _make_target(cfg: ExperimentConfig, victim, defence, row_dir: Path):
         if not key:
             raise ValueError(f"target.url is set but no API key: give target.api_key or set ${cfg.target.api_key_env}")
         return RemoteTarget(cfg.target.url, key, budget=cfg.budget, cache_dir=cfg.target.cache_dir or row_dir / "http_cache")
-    return LocalTarget(victim, defence=defence, budget=cfg.budget, account="attacker")
+    return LocalTarget(victim, defence=defence, budget=cfg.budget, account="attacker", normalize=cfg.normalize_answers)
 
 
 def _attack_config(row: dict, victim_info: dict, cfg: ExperimentConfig) -> dict:
@@ -105,8 +105,9 @@ def row_key(row: dict, cfg: ExperimentConfig, victim_digest: str | None) -> str:
     root, what answers over HTTP, and the victim checkpoint's bytes (`victim_digest`, see `_victim_digest`)."""
     target = (cfg.target.identity or cfg.target.url) if cfg.target is not None else None
     attack = build_attack(row["attack"]["name"], _attack_config(row, {}, cfg)).config.model_dump()
+    extra = {"normalize_answers": True} if cfg.normalize_answers else {}  # keys of raw-answer rows unchanged
     return spec_key({**row, "attack_resolved": attack, "seed": cfg.seed, "budget": cfg.budget, "data_root": cfg.data_root,
-                     "target": target, "victim_file": victim_digest})
+                     "target": target, "victim_file": victim_digest, **extra})
 
 
 def _victim_digest(victim_info: dict) -> str | None:
@@ -193,8 +194,11 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
         tr_f.append(feats(venc, train.images, tags["train"]))
         te_f.append(feats(venc, test.images, tags["test"]))
     # What honest users keep under each defence: the victim's answers as the defence returns them.
-    for vkey, dkey, dspec in {(r["victim_key"], spec_key(r["defence"]), json.dumps(r["defence"], sort_keys=True)) for r in rows if r["defence"]}:
-        honest = LocalTarget(victims[vkey][0], defence=build_defence(json.loads(dspec)), account="honest-user")
+    # With normalised answers, honest users see unit vectors even without a defence.
+    for vkey, dkey, dspec in {(r["victim_key"], spec_key(r["defence"]), json.dumps(r["defence"], sort_keys=True))
+                              for r in rows if r["defence"] or cfg.normalize_answers}:
+        honest = LocalTarget(victims[vkey][0], defence=build_defence(json.loads(dspec)), account="honest-user",
+                             normalize=cfg.normalize_answers)
         names.append(("honest", vkey, dkey))
         tr_f.append(extract_features(honest, train.images))
         te_f.append(extract_features(honest, test.images))

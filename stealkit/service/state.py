@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stealkit.models.encoder import embed
+from stealkit.targets.answers import api_answers
 from stealkit.service.ledger import Ledger
 from stealkit.service.ratelimit import TokenBuckets
 from stealkit.service.settings import ServiceSettings
@@ -33,6 +33,8 @@ class ServiceState:
         from stealkit.probes.features import encoder_fingerprint
 
         what = json.dumps(defence_config(self.defence), sort_keys=True)
+        if self.settings.normalize:  # normalised answers are other answers (unchanged identity without it)
+            what += "\0normalize"
         self.identity = hashlib.sha256(f"{encoder_fingerprint(self.encoder)}\0{what}".encode()).hexdigest()
 
     def answer(self, images: list[torch.Tensor], account: str) -> torch.Tensor:
@@ -47,10 +49,8 @@ class ServiceState:
         with self.lock:  # one model, one batch at a time: no thread oversubscription on CPU
             for idx in groups.values():
                 batch = torch.stack([images[i] for i in idx])
-                feats = embed(self.encoder, batch, batch_size=self.settings.embed_batch_size)
-                if self.defence is not None:
-                    feats = self.defence(feats, images=batch, account=account)
-                out[idx] = feats.float()
+                out[idx] = api_answers(self.encoder, batch, normalize=self.settings.normalize, defence=self.defence,
+                                       account=account, batch_size=self.settings.embed_batch_size)
         return out
 
 
