@@ -1,7 +1,8 @@
 """A paid query is never paid twice: Idempotency-Key in the ledger, the API and RemoteTarget.
 
-The judge is the ledger: a retry after a lost answer must leave exactly one billed row, and the
-client must get the very answer that was billed (for a noise defence, not a fresh draw).
+The judge is the ledger (SQLite, and PostgreSQL where a test server is set): a retry after a lost
+answer must leave exactly one billed row, and the client must get the very answer that was billed
+(for a noise defence, not a fresh draw). API tests run against a real uvicorn on loopback.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from stealkit.defences.noise import GaussianNoise
 from stealkit.models.encoder import build_encoder
 from stealkit.service import Ledger, ServiceSettings, create_app
+from stealkit.service.background import serve_in_thread
 from stealkit.service.ledger import IdempotencyInFlight, IdempotencyMismatch, Replay
+from stealkit.service.testing import BACKENDS, ledger_url
 from stealkit.targets.remote import RemoteTarget
+
+
+@pytest.fixture(params=BACKENDS)
+def any_ledger(request, tmp_path):
+    """A fresh ledger URL on either backend."""
+    with ledger_url(request.param, tmp_path) as url:
+        yield url
 
 
 def imgs(n, seed=0):
@@ -27,8 +36,8 @@ def imgs(n, seed=0):
 
 
 # ---- ledger --------------------------------------------------------------------------------------
-def test_ledger_replays_a_keyed_answer_and_bills_once(tmp_path):
-    led = Ledger(tmp_path / "l.sqlite")
+def test_ledger_replays_a_keyed_answer_and_bills_once(any_ledger):
+    led = Ledger(any_ledger)
     led.create_account("a", quota=10)
     rid = led.reserve("a", 3, 0.003, "k1", "sha-A")
     with pytest.raises(IdempotencyInFlight):
@@ -95,10 +104,11 @@ def encoder():
 
 @pytest.fixture
 def served(tmp_path, encoder):
-    """A TestClient around an app with a noise defence (every plain call draws fresh noise) and its ledger."""
+    """A real server (loopback) with a noise defence (every plain call draws fresh noise), an httpx client
+    on it and its ledger."""
     ledger_path = str(tmp_path / "ledger.sqlite")
     app = create_app(ServiceSettings(ledger=ledger_path, device="cpu"), encoder=encoder, defence=GaussianNoise(0.5, seed=0))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         key = Ledger(ledger_path).create_account("thief")
         yield client, key, Ledger(ledger_path)
 
@@ -152,8 +162,8 @@ class LoseFirstAnswer(httpx.BaseTransport):
 @pytest.mark.parametrize("idempotency", [True, False])
 def test_remote_target_retry_after_a_lost_answer_is_not_billed_twice(served, idempotency):
     client, key, ledger = served
-    lossy = httpx.Client(base_url="http://testserver", transport=LoseFirstAnswer(client._transport))
-    target = RemoteTarget("http://testserver", key, client=lossy, sleep=lambda s: None, idempotency=idempotency)
+    lossy = httpx.Client(base_url=client.base_url, transport=LoseFirstAnswer(httpx.HTTPTransport()))
+    target = RemoteTarget(str(client.base_url), key, client=lossy, sleep=lambda s: None, idempotency=idempotency)
     out = target.embed(imgs(6))
     billed = ledger.usage("thief").queries
     assert out.shape[0] == 6 and target.retried == 1
@@ -172,12 +182,13 @@ def test_a_run_that_died_before_keeping_its_answer_is_not_billed_again(served, t
     """The first run's answer is lost and it gives up (no retries: as if the process died); a new
     run with a fresh RemoteTarget asks for the same batch and gets the billed answer back for free."""
     client, key, ledger = served
-    lossy = httpx.Client(base_url="http://testserver", transport=LoseFirstAnswer(client._transport))
-    dead = RemoteTarget("http://testserver", key, client=lossy, retries=0, cache_dir=tmp_path / "cache")
+    url = str(client.base_url)
+    lossy = httpx.Client(base_url=url, transport=LoseFirstAnswer(httpx.HTTPTransport()))
+    dead = RemoteTarget(url, key, client=lossy, retries=0, cache_dir=tmp_path / "cache")
     with pytest.raises(Exception, match="failed after 1 attempts"):
         dead.embed(imgs(4))
     assert ledger.usage("thief").queries == 4 and dead.queries == 0
-    fresh = RemoteTarget("http://testserver", key, client=client, cache_dir=tmp_path / "cache")
+    fresh = RemoteTarget(url, key, client=client, cache_dir=tmp_path / "cache")
     out = fresh.embed(imgs(4))
     assert out.shape[0] == 4 and fresh.replayed == 4 and ledger.usage("thief").queries == 4
 
@@ -186,8 +197,8 @@ def test_another_target_sending_the_same_images_pays_again(served):
     """Replays are for retries of one request, not for repeats: a second thief (or a second attack
     of an experiment, with its own target) sending the same batch is a new request and is billed."""
     client, key, ledger = served
-    a = RemoteTarget("http://testserver", key, client=client)
-    b = RemoteTarget("http://testserver", key, client=client)
+    a = RemoteTarget(str(client.base_url), key, client=client)
+    b = RemoteTarget(str(client.base_url), key, client=client)
     a.embed(imgs(3))
     b.embed(imgs(3))
     assert ledger.usage("thief").queries == 6 and a.replayed == b.replayed == 0
@@ -195,7 +206,7 @@ def test_another_target_sending_the_same_images_pays_again(served):
 
 def test_the_same_images_sent_twice_without_a_cache_are_two_requests(served):
     client, key, ledger = served
-    t = RemoteTarget("http://testserver", key, client=client)
+    t = RemoteTarget(str(client.base_url), key, client=client)
     first, second = t.embed(imgs(4)), t.embed(imgs(4))
     assert ledger.usage("thief").queries == 8 == t.queries and t.replayed == 0
     assert not torch.equal(first, second)  # fresh noise, as a LocalTarget would give
@@ -277,7 +288,7 @@ def test_expired_answers_are_freed_for_every_account_and_replays_need_the_same_s
     cases = ((GaussianNoise(0.5, seed=0), None, 200), (None, same_from_settings, 200), (GaussianNoise(0.9, seed=0), None, 422))
     for defence, spec, expected in cases:
         app = create_app(ServiceSettings(ledger=ledger_path, device="cpu", defence=spec), encoder=encoder, defence=defence)
-        with TestClient(app, raise_server_exceptions=False) as client:
+        with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
             if not Ledger(ledger_path).accounts():
                 key = Ledger(ledger_path).create_account("thief")
             r = post(client, key, x, idem="same")

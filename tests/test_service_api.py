@@ -116,7 +116,7 @@ def test_three_input_forms_agree_and_bill_per_image(make_client, ledger_path, en
 
 
 def test_grey_and_jpeg_and_other_sizes(make_client, ledger_path, encoder):
-    c = make_client()
+    c = make_client(batching=False)  # each request on its own: a 1-image request is a 1-image forward pass, as in-process
     key = Ledger(ledger_path).create_account("alice")
     auth = {"Authorization": f"Bearer {key}"}
     grey = np.random.default_rng(0).integers(0, 256, (40, 48), dtype=np.uint8)
@@ -128,6 +128,11 @@ def test_grey_and_jpeg_and_other_sizes(make_client, ledger_path, encoder):
     assert not torch.equal(got[0], got[1])  # the JPEG is lossy
     r = c.post("/v1/embeddings", **raw(torch.from_numpy(grey)[None].clone(), key))  # N×H×W grey array
     assert r.status_code == 200 and torch.equal(torch.tensor(r.json()["embeddings"]), want)
+    # with cross-request batching a lone image is computed as a pair (the rows of any batch of >= 2 agree bitwise)
+    batched = make_client()
+    r = batched.post("/v1/embeddings", **raw(torch.from_numpy(grey)[None].clone(), key))
+    pair = embed(encoder, torch.from_numpy(grey).expand(2, 3, 40, 48).contiguous())[:1]
+    assert r.status_code == 200 and torch.equal(torch.tensor(r.json()["embeddings"]), pair)
 
 
 @pytest.mark.parametrize(
@@ -216,7 +221,7 @@ def test_encoder_failure_rolls_back_the_reservation(make_client, ledger_path):
 def test_defence_from_settings_applied(make_client, ledger_path, encoder):
     from stealkit.defences.topk import TopK
 
-    c = make_client(defence={"name": "topk", "k": 7})
+    c = make_client(defence={"name": "topk", "k": 7}, reveal_defence=True)
     key = Ledger(ledger_path).create_account("erin")
     x = images(4)
     got = torch.tensor(c.post("/v1/embeddings", **raw(x, key)).json()["embeddings"])

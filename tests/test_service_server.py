@@ -1,5 +1,6 @@
 """The EaaS server through a real uvicorn on a loopback port: bitwise answers, a 16-client race
-for the last queries, and a ledger that survives a restart and a SIGKILLed server process."""
+for the last queries, and a ledger that survives a restart and a SIGKILLed server process — on a
+SQLite and on a PostgreSQL ledger (skipped without a server, except under CI=true)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from stealkit.models.checkpoint import save_encoder
 from stealkit.models.encoder import build_encoder
 from stealkit.service import Ledger, ServiceSettings, create_app
 from stealkit.service.background import free_port, serve_in_thread
+from stealkit.service.testing import BACKENDS, ledger_url
 from stealkit.targets.local import LocalTarget
 from stealkit.targets.remote import RemoteTarget
 
@@ -25,7 +27,14 @@ from stealkit.targets.remote import RemoteTarget
 @pytest.fixture(scope="module")
 def encoder():
     torch.manual_seed(0)
-    return build_encoder("shufflenet_v2").eval()
+    return build_encoder("cnn_tiny").eval()
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger(request, tmp_path):
+    """A fresh ledger URL: a SQLite file, or a database on the PostgreSQL test server."""
+    with ledger_url(request.param, tmp_path) as url:
+        yield url
 
 
 def imgs(n, seed=0):
@@ -55,8 +64,7 @@ def test_http_answers_equal_local_encoder_bitwise(tmp_path, encoder, transport):
         remote.close()
 
 
-def test_sixteen_clients_race_for_the_last_queries(tmp_path, encoder):
-    ledger = str(tmp_path / "l.sqlite")
+def test_sixteen_clients_race_for_the_last_queries(ledger, encoder):
     quota = 50
     key = Ledger(ledger).create_account("racer", quota=quota)
     returned, statuses, lock = [], [], threading.Lock()
@@ -74,7 +82,7 @@ def test_sixteen_clients_race_for_the_last_queries(tmp_path, encoder):
                 n, d = map(int, r.headers["x-embedding-shape"].split(","))
                 assert len(r.content) == 4 * n * d
                 with lock:
-                    returned.append((int(r.headers["x-request-id"]), n))
+                    returned.append((r.headers["x-request-id"], n))
 
     with serve_in_thread(create_app(ServiceSettings(ledger=ledger, device="cpu"), encoder=encoder)) as url:
         threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
@@ -88,12 +96,11 @@ def test_sixteen_clients_race_for_the_last_queries(tmp_path, encoder):
     u = led.usage("racer")
     assert set(statuses) == {200, 402}
     assert u.queries == total <= quota and total > quota - 3  # refused whole, so at most one batch short
-    assert sorted(rid for rid, _ in returned) == [r[0] for r in led.records("racer")]
+    assert sorted(rid for rid, _ in returned) == sorted(r[6] for r in led.records("racer"))  # the public ids, one per row
     assert all(r[5] == "served" for r in led.records())
 
 
-def test_ledger_survives_restart(tmp_path, encoder):
-    ledger = str(tmp_path / "l.sqlite")
+def test_ledger_survives_restart(ledger, encoder):
     key = Ledger(ledger).create_account("a", quota=100)
     settings = ServiceSettings(ledger=ledger, device="cpu", price_per_1000=1.2)
     for round_ in range(2):
@@ -104,15 +111,14 @@ def test_ledger_survives_restart(tmp_path, encoder):
             assert u["cost"] == pytest.approx(7 * (round_ + 1) * 1.2 / 1000)
 
 
-def test_ledger_survives_sigkill(tmp_path, encoder):
+def test_ledger_survives_sigkill(tmp_path, ledger, encoder):
     ckpt = save_encoder(encoder, tmp_path / "victim")
-    ledger = str(tmp_path / "l.sqlite")
     key = Ledger(ledger).create_account("a")
     port = free_port()
     code = "import sys; from stealkit.cli import app; app(sys.argv[1:])"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "serve", "--checkpoint", str(ckpt), "--ledger", ledger,
-         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning"],
+         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "warning", "--lease-seconds", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -138,7 +144,7 @@ def test_ledger_survives_sigkill(tmp_path, encoder):
                     except httpx.TransportError:
                         return
                     if r.status_code == 200:
-                        returned.append((int(r.headers["x-request-id"]), 4))
+                        returned.append((r.headers["x-request-id"], 4))
 
         t = threading.Thread(target=hammer)
         t.start()
@@ -154,12 +160,14 @@ def test_ledger_survives_sigkill(tmp_path, encoder):
             proc.kill()
             proc.wait(timeout=10)
     assert len(returned) >= 8
-    records = {r[0]: r for r in Ledger(ledger).records("a")}
+    records = {r[6]: r for r in Ledger(ledger).records("a")}  # by public request id
     for rid, n in returned:  # every answer the client got is in the ledger, as served
         assert records[rid][3] == n and records[rid][5] == "served"
     served = sum(r[3] for r in records.values() if r[5] == "served")
     assert served - sum(n for _, n in returned) <= 4  # at most the one request in flight when killed
-    # a restarted server drops reservations of requests never answered and keeps counting
+    # a restarted server drops reservations of requests never answered (once the killed process's
+    # lease has expired: it cannot renew it any more) and keeps counting
+    time.sleep(1.2)
     with serve_in_thread(create_app(ServiceSettings(ledger=ledger, device="cpu"), encoder=encoder)) as url2:
         u = httpx.get(url2 + "/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()
         assert u["queries"] == served

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 from stealkit.cli.app import app
+from stealkit.cli.common import fail
 
 keys_app = typer.Typer(help="API keys: create, list, revoke and change limits of accounts in a ledger.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-LEDGER = typer.Option(Path("ledger.sqlite"), "--ledger", help="SQLite ledger of accounts and served requests")
+LEDGER = typer.Option("ledger.sqlite", "--ledger", help="ledger: a path or sqlite:///path (SQLite), or postgresql://user@host:port/db")
+
+
+def open_ledger(url: str):
+    """The ledger at `url`, or a 1–2 line error and exit 2."""
+    from stealkit.service.db import DatabaseUnavailable, redact
+    from stealkit.service.ledger import Ledger
+
+    try:
+        return Ledger(url)
+    except DatabaseUnavailable as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(f"ledger {redact(url)}: {exc}")
+    except OSError as exc:
+        fail(f"ledger {redact(url)}: {exc.strerror or exc}")
 
 
 def parse_rate(text: str | None) -> float | None:
@@ -44,57 +61,103 @@ def parse_defence(name: str | None, args: list[str]) -> dict | None:
 
 @app.command()
 def serve(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="victim encoder checkpoint (.safetensors + .json)"),
-    ledger: Path = LEDGER,
-    host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
-    port: int = typer.Option(8000),
-    defence: str = typer.Option(None, "--defence", help="topk | rounding | noise | poisoning"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="victim encoder checkpoint (.safetensors + .json)"),
+    config: Path = typer.Option(None, "--config", help="YAML/JSON file of server settings; flags given here override it"),
+    ledger: str = typer.Option(None, "--ledger", help="ledger: a path or sqlite:///path, or postgresql://user@host:port/db (default ledger.sqlite)"),
+    host: str = typer.Option(None, help="interface to bind (default 127.0.0.1, loopback)"),
+    port: int = typer.Option(None, help="(default 8000)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="worker processes on this host, all on one ledger"),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch threads per worker (default cores / workers)"),
+    defence: str = typer.Option(None, "--defence", help="topk | rounding | noise | poisoning | coverage"),
     defence_arg: list[str] = typer.Option([], "--defence-arg", help="KEY=VALUE for the defence, repeatable (k=10, m=2, sigma=0.1, ...)"),
-    normalize: bool = typer.Option(False, "--normalize/--raw", help="L2-normalise answers before the defence, as commercial embedding APIs do (default: raw features)"),
-    price_per_1000: float = typer.Option(1.2, "--price-per-1000", help="USD per 1,000 queries"),
-    device: str = typer.Option("auto"),
-    max_batch: int = typer.Option(1024, help="images per request"),
-    max_image_side: int = typer.Option(1024, help="largest image side in pixels"),
-    max_request_mb: float = typer.Option(64.0, help="largest request body in MiB"),
-    idempotency_hours: float = typer.Option(24.0, help="how long answers of requests with an Idempotency-Key are kept for free replays"),
+    reveal_defence: bool = typer.Option(None, "--reveal-defence/--hide-defence", help="name the defence in GET /v1/model (default hidden)"),
+    normalize: bool = typer.Option(None, "--normalize/--raw", help="L2-normalise answers before the defence, as commercial embedding APIs do (default raw)"),
+    price_per_1000: float = typer.Option(None, "--price-per-1000", help="USD per 1,000 queries (default 1.2)"),
+    device: str = typer.Option(None, help="(default auto)"),
+    max_batch: int = typer.Option(None, help="images per request (default 1024)"),
+    max_image_side: int = typer.Option(None, help="largest image side in pixels (default 1024)"),
+    max_request_mb: float = typer.Option(None, help="largest request body in MiB (default 64)"),
+    max_request_pixels: int = typer.Option(None, help="decoded pixels (H×W summed over the images) per request (default 4194304)"),
+    body_timeout: float = typer.Option(None, help="seconds a client has to send its request body, else 408 (default 60)"),
+    header_timeout: float = typer.Option(None, help="seconds a client has to send its request headers (default 10)"),
+    limit_concurrency: int = typer.Option(None, help="connections and requests per worker before 503 (default 128)"),
+    batching: bool = typer.Option(None, "--batching/--no-batching", help="run concurrent requests as one forward pass (default on)"),
+    batch_wait_ms: float = typer.Option(None, help="how long a forward pass waits for more requests (default 2)"),
+    batch_max_images: int = typer.Option(None, help="images per cross-request forward pass (default 128)"),
+    idempotency_hours: float = typer.Option(None, help="how long answers of requests with an Idempotency-Key are kept for free replays (default 24)"),
+    lease_seconds: float = typer.Option(None, help="a dead worker's reservations are cleared after this long (default 30)"),
+    metrics_token_file: Path = typer.Option(None, help="file holding the bearer token for GET /metrics (default /metrics off)"),
+    log_format: str = typer.Option(None, help="json | text (default json)"),
     log_level: str = typer.Option("info"),
 ):
-    """Serve a victim encoder as an EaaS API (POST /v1/embeddings, GET /v1/usage, /healthz, /docs)."""
+    """Serve a victim encoder as an EaaS API (POST /v1/embeddings, GET /v1/usage, /v1/model(s), /readyz, /metrics, /docs)."""
+    import yaml
+    from pydantic import ValidationError
+
     from stealkit.service import ServiceSettings, run_server
 
-    settings = ServiceSettings(
-        checkpoint=str(checkpoint), ledger=str(ledger), host=host, port=port, device=device,
-        defence=parse_defence(defence, defence_arg), normalize=normalize, price_per_1000=price_per_1000, max_batch=max_batch,
-        max_image_side=max_image_side, max_request_bytes=int(max_request_mb * 2**20),
-        idempotency_ttl_s=idempotency_hours * 3600.0,
-    )
-    run_server(settings, log_level=log_level)
+    values: dict = {}
+    if config is not None:
+        try:
+            values = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            fail(f"--config {config}: {exc}")
+        if not isinstance(values, dict):
+            fail(f"--config {config} must hold a mapping of settings")
+    token = None
+    if metrics_token_file is not None:
+        try:
+            token = metrics_token_file.read_text().strip()
+        except OSError as exc:
+            fail(f"--metrics-token-file {metrics_token_file}: {exc.strerror}")
+        if not token:
+            fail(f"--metrics-token-file {metrics_token_file} is empty")
+    given = {
+        "checkpoint": str(checkpoint) if checkpoint else None, "ledger": ledger, "host": host, "port": port, "device": device,
+        "defence": parse_defence(defence, defence_arg) if defence else None, "normalize": normalize, "price_per_1000": price_per_1000,
+        "max_batch": max_batch, "max_image_side": max_image_side,
+        "max_request_bytes": int(max_request_mb * 2**20) if max_request_mb is not None else None,
+        "max_request_pixels": max_request_pixels, "body_timeout_s": body_timeout, "header_timeout_s": header_timeout,
+        "limit_concurrency": limit_concurrency, "batching": batching, "batch_wait_ms": batch_wait_ms, "batch_max_images": batch_max_images,
+        "idempotency_ttl_s": idempotency_hours * 3600.0 if idempotency_hours is not None else None, "lease_s": lease_seconds,
+        "reveal_defence": reveal_defence, "metrics_token": token, "log_format": log_format, "threads": threads,
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    if workers > 1 and "threads" not in values:
+        values["threads"] = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        settings = ServiceSettings(**values)
+    except ValidationError as exc:
+        fail("bad server settings: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if not settings.checkpoint:
+        fail("nothing to serve: give --checkpoint (or 'checkpoint' in --config)")
+    if not Path(settings.checkpoint).with_suffix(".json").exists() and not Path(settings.checkpoint).exists():
+        fail(f"checkpoint {settings.checkpoint} not found")
+    open_ledger(settings.ledger)  # a bad URL or an unreachable database fails here, in one line
+    run_server(settings, log_level=log_level, workers=workers)
 
 
 @keys_app.command("create")
 def keys_create(
     name: str,
-    ledger: Path = LEDGER,
+    ledger: str = LEDGER,
     quota: int = typer.Option(None, help="queries (images) allowed in total; default unlimited"),
     rate: str = typer.Option(None, help="requests per second: R, R/s, R/min or R/h; default unlimited"),
     burst: int = typer.Option(None, help="token-bucket capacity; default max(1, ceil(rate))"),
 ):
     """Create an account and print its API key (shown once; only its SHA-256 is stored)."""
-    from stealkit.service.ledger import Ledger
-
+    led = open_ledger(ledger)
     try:
-        key = Ledger(ledger).create_account(name, quota=quota, rate=parse_rate(rate), burst=burst)
+        key = led.create_account(name, quota=quota, rate=parse_rate(rate), burst=burst)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(key)
 
 
 @keys_app.command("list")
-def keys_list(ledger: Path = LEDGER):
+def keys_list(ledger: str = LEDGER):
     """Accounts with their limits and the ledger's usage."""
-    from stealkit.service.ledger import Ledger
-
-    led = Ledger(ledger)
+    led = open_ledger(ledger)
     typer.echo(f"{'name':20} {'status':8} {'quota':>10} {'rate/s':>8} {'queries':>10} {'requests':>9} {'cost':>10}")
     for a in led.accounts():
         u = led.usage(a.name)
@@ -105,12 +168,10 @@ def keys_list(ledger: Path = LEDGER):
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: str, ledger: Path = LEDGER):
+def keys_revoke(name: str, ledger: str = LEDGER):
     """Revoke an account's key; its history stays in the ledger."""
-    from stealkit.service.ledger import Ledger
-
     try:
-        Ledger(ledger).revoke(name)
+        open_ledger(ledger).revoke(name)
     except KeyError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"revoked {name}")
@@ -119,20 +180,18 @@ def keys_revoke(name: str, ledger: Path = LEDGER):
 @keys_app.command("set")
 def keys_set(
     name: str,
-    ledger: Path = LEDGER,
+    ledger: str = LEDGER,
     quota: int = typer.Option(None, help="new quota (images); -1 = unlimited"),
     rate: str = typer.Option(None, help="new rate (R/s); 'none' = unlimited"),
 ):
     """Change an account's quota or rate limit."""
-    from stealkit.service.ledger import Ledger
-
     kw = {}
     if quota is not None:
         kw["quota"] = None if quota < 0 else quota
     if rate is not None:
         kw["rate"] = parse_rate(rate)
     try:
-        Ledger(ledger).set_limits(name, **kw)
+        open_ledger(ledger).set_limits(name, **kw)
     except KeyError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"updated {name}")

@@ -18,9 +18,12 @@ Three parts, as in B4B:
    orthogonal Q, scale s ∈ [0.5, 2] and bias b ~ N(0, bias_scale²); "rotation" y = x Q;
    "shuffle" a signed permutation; "none". Derived from sha256(secret, account): nothing to store.
 
-State: per-account query counts and the set of hit buckets live in SQLite (`db_path`; default
-":memory:"), in tables prefixed `b4b_` so they can share the service's ledger database file; the
-state (and the centre) survives restarts, and the hashing parameters are checked on reopening.
+State: per-account query counts and the set of hit buckets live in a database (`db_path`: a SQLite
+path or ":memory:" (the default), or a sqlite:/// or postgresql:// URL), in tables prefixed `b4b_` so
+they can share the service's ledger database; `stealkit serve` puts them there, so every worker and host
+sees one state per account. Each call updates an account's state in one transaction (the account's row
+locked), so concurrent calls never lose a query or a bucket. The state (and the centre) survives
+restarts, and the hashing parameters are checked on reopening.
 Shapes: features float N×D (D fixed at the first call), images ignored -> float N×D.
 """
 
@@ -28,23 +31,22 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
-import threading
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from stealkit.defences.base import Defence, register_defence
 from stealkit.runtime import derived_seed
+from stealkit.service.db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS b4b_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS b4b_accounts (account TEXT PRIMARY KEY, queries INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS b4b_accounts (account TEXT PRIMARY KEY, queries {int} NOT NULL);
 CREATE TABLE IF NOT EXISTS b4b_buckets (
-    account TEXT NOT NULL, bucket INTEGER NOT NULL, PRIMARY KEY (account, bucket)
-) WITHOUT ROWID;
+    account TEXT NOT NULL, bucket {int} NOT NULL, PRIMARY KEY (account, bucket)
+){without_rowid}
 """
+UPSERT_META = "INSERT INTO b4b_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 CURVES = ("exp", "linear", "none")
 TRANSFORMS = ("affine", "rotation", "shuffle", "none")
 
@@ -89,11 +91,8 @@ class CoverageDefence(Defence):
         self.alpha, self.beta, self.lam, self.relative = float(alpha), float(beta), float(lam), bool(relative)
         self.transform_kind, self.bias_scale, self.secret, self.seed = transform, float(bias_scale), str(secret), int(seed)
         self.db_path = str(db_path)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        if self.db_path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
+        self._db = Database.open(self.db_path)
+        self._db.create(SCHEMA)
         self.feature_dim: int | None = None
         self.planes: torch.Tensor | None = None
         self.center: torch.Tensor | None = None
@@ -101,22 +100,12 @@ class CoverageDefence(Defence):
         self._load_meta()
 
     # ------------------------------------------------------------------ state
-    @contextmanager
-    def _tx(self):
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
     def _params(self) -> dict:
         return {"num_planes": self.num_planes, "seed": self.seed, "feature_dim": self.feature_dim}
 
     def _load_meta(self) -> None:
-        rows = dict(self._conn.execute("SELECT key, value FROM b4b_meta").fetchall())
+        with self._db.read() as tx:
+            rows = dict(tx.execute("SELECT key, value FROM b4b_meta").fetchall())
         if "params" in rows:
             stored = json.loads(rows["params"])
             if stored["num_planes"] != self.num_planes or stored["seed"] != self.seed:
@@ -135,20 +124,20 @@ class CoverageDefence(Defence):
             self.feature_dim = int(dim)
             g = torch.Generator().manual_seed(derived_seed("planes", self.seed))
             self.planes = torch.randn(self.feature_dim, self.num_planes, generator=g)
-            with self._tx() as c:
-                c.execute("INSERT OR REPLACE INTO b4b_meta VALUES ('params', ?)", (json.dumps(self._params()),))
+            with self._db.transaction() as tx:
+                tx.execute(UPSERT_META, ("params", json.dumps(self._params())))
 
     def calibrate(self, features: torch.Tensor) -> None:
         """Centre the hyperplanes on the mean of the provider's own embeddings (N×D); persisted."""
         self._set_dim(features.shape[1])
         self.center = features.float().mean(0).cpu()
-        with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO b4b_meta VALUES ('center', ?)", (json.dumps(self.center.tolist()),))
+        with self._db.transaction() as tx:
+            tx.execute(UPSERT_META, ("center", json.dumps(self.center.tolist())))
 
     def reset(self, account: str) -> None:
-        with self._tx() as c:
-            c.execute("DELETE FROM b4b_buckets WHERE account = ?", (account,))
-            c.execute("DELETE FROM b4b_accounts WHERE account = ?", (account,))
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM b4b_buckets WHERE account = ?", (account,))
+            tx.execute("DELETE FROM b4b_accounts WHERE account = ?", (account,))
 
     # ------------------------------------------------------------------ parts
     @property
@@ -166,8 +155,9 @@ class CoverageDefence(Defence):
 
     def stats(self, account: str) -> dict:
         """{"queries", "buckets", "coverage", "sigma"} of an account so far."""
-        row = self._conn.execute("SELECT queries FROM b4b_accounts WHERE account = ?", (account,)).fetchone()
-        hit = self._conn.execute("SELECT COUNT(*) FROM b4b_buckets WHERE account = ?", (account,)).fetchone()[0]
+        with self._db.read() as tx:
+            row = tx.execute("SELECT queries FROM b4b_accounts WHERE account = ?", (account,)).fetchone()
+            hit = int(tx.execute("SELECT COUNT(*) FROM b4b_buckets WHERE account = ?", (account,)).fetchone()[0])
         cov = hit / self.num_buckets
         return {"queries": row[0] if row else 0, "buckets": hit, "coverage": cov, "sigma": float(self.sigma(cov))}
 
@@ -214,10 +204,11 @@ class CoverageDefence(Defence):
         if n == 0:
             return features.float()
         ids = self.buckets(features)
-        with self._tx() as c:
-            hit = {b for (b,) in c.execute("SELECT bucket FROM b4b_buckets WHERE account = ?", (account,))}
-            row = c.execute("SELECT queries FROM b4b_accounts WHERE account = ?", (account,)).fetchone()
-            before = row[0] if row else 0
+        with self._db.transaction() as tx:
+            # the account's row first: on PostgreSQL the UPDATE locks it, so concurrent calls for one account queue here
+            tx.execute("INSERT INTO b4b_accounts (account, queries) VALUES (?, 0) ON CONFLICT (account) DO NOTHING", (account,))
+            before = int(tx.execute("UPDATE b4b_accounts SET queries = queries + ? WHERE account = ? RETURNING queries", (n, account)).fetchall()[0][0]) - n
+            hit = {int(b) for (b,) in tx.execute("SELECT bucket FROM b4b_buckets WHERE account = ?", (account,)).fetchall()}
             counts = np.empty(n, dtype=np.int64)
             new = []
             for i, b in enumerate(ids.tolist()):
@@ -225,11 +216,7 @@ class CoverageDefence(Defence):
                     hit.add(b)
                     new.append((account, b))
                 counts[i] = len(hit)
-            c.executemany("INSERT OR IGNORE INTO b4b_buckets VALUES (?, ?)", new)
-            c.execute(
-                "INSERT INTO b4b_accounts VALUES (?, ?) ON CONFLICT(account) DO UPDATE SET queries = queries + excluded.queries",
-                (account, n),
-            )
+            tx.executemany("INSERT INTO b4b_buckets (account, bucket) VALUES (?, ?) ON CONFLICT DO NOTHING", new)
         sig = torch.from_numpy(self.sigma(counts / self.num_buckets)).float()[:, None]
         f = features.detach().float().cpu()
         if self.relative:
@@ -239,7 +226,7 @@ class CoverageDefence(Defence):
         return self.transform(noised, account).to(features.device)
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def __repr__(self) -> str:
         return (

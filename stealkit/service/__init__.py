@@ -1,8 +1,19 @@
 """The EaaS server: `create_app(settings)` serves a victim encoder over HTTP with accounts, a
-SQLite ledger, quotas, rate limits and output defences (issue 4; StolenEncoder, 004, Section VII)."""
+SQLite or PostgreSQL ledger, quotas, rate limits and output defences (issues 4 and 11; StolenEncoder,
+004, Section VII). Names are imported on first use, so `stealkit.service.db` stays light."""
 
-from stealkit.service.app import create_app, load_builtin_defences, run_server
-from stealkit.service.ledger import Ledger, QuotaExceeded
-from stealkit.service.settings import ServiceSettings
+from __future__ import annotations
 
-__all__ = ["create_app", "run_server", "ServiceSettings", "Ledger", "QuotaExceeded", "load_builtin_defences"]
+_EXPORTS = {
+    "create_app": "stealkit.service.app", "run_server": "stealkit.service.app", "load_builtin_defences": "stealkit.service.app",
+    "ServiceSettings": "stealkit.service.settings", "Ledger": "stealkit.service.ledger", "QuotaExceeded": "stealkit.service.ledger",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stealkit.service' has no attribute {name!r}")

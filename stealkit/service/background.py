@@ -19,15 +19,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1", startup_timeout: float = 30.0, log_level: str = "warning"):
-    """Start uvicorn for `app` on host:<free port>, yield its base URL, stop it on exit (bounded waits)."""
+def serve_in_thread(app, host: str = "127.0.0.1", startup_timeout: float = 30.0, log_level: str = "warning",
+                    header_timeout: float = 10.0, **config):
+    """Start uvicorn for `app` on host:<free port>, yield its base URL, stop it on exit (bounded waits).
+    Connections whose request headers take longer than `header_timeout` s are closed (protocol.py);
+    `config` goes to uvicorn.Config (e.g. limit_concurrency)."""
     import uvicorn
 
+    from stealkit.service.protocol import GuardedH11Protocol
+
+    protocol = type("ThreadServerProtocol", (GuardedH11Protocol,), {"header_timeout": header_timeout})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5, http=protocol, **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn:{port}")
     thread.start()
     deadline = time.monotonic() + startup_timeout

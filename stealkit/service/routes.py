@@ -1,9 +1,12 @@
-"""Routes: POST /v1/embeddings, GET /v1/usage, GET /v1/model, GET /healthz.
+"""POST /v1/embeddings (the other routes are in info_routes.py).
 
-POST /v1/embeddings order of work: auth (401) -> rate limit (429 + Retry-After) -> read the body
-under max_request_bytes (413) -> decode and validate (413/415/422) -> reserve the queries in the
-ledger (402 if over quota, nothing billed) -> encoder + defence -> commit -> respond. If the encoder
-fails after the reservation, the reservation is deleted: nothing is billed for an unserved request.
+Order of work: auth (401) -> rate limit, shared by all workers (429 + Retry-After) -> read the body
+under max_request_bytes and body_timeout_s (413 / 408) -> decode and validate: counts, sides and the
+decoded-pixel budget before any pixel is decoded (413/415/422) -> reserve the queries in the ledger
+(402 if over quota, nothing billed) -> encoder (batched across requests) + this account's defence ->
+commit -> respond. If answering fails after the reservation, the reservation is deleted: nothing is
+billed for an unserved request (500, the connection stays usable); if the reservation was cleared
+meanwhile (this process stalled past its lease), the answer is withheld (503, nothing billed).
 
 Idempotency-Key header (optional, 1–255 printable ASCII characters): the answer is stored with the
 ledger row; the same account sending the same key and body again gets the stored answer, billed 0,
@@ -13,30 +16,43 @@ with `Idempotent-Replayed: true` (409 while the first is still running, 422 for 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 
 import torch
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from fastapi.responses import JSONResponse
 
 from stealkit.service.auth import require_account
-from stealkit.service.decode import BadInput, check_count, decode_base64_image, decode_image, decode_npy, decode_raw
-from stealkit.service.ledger import Account, IdempotencyInFlight, IdempotencyMismatch, QuotaExceeded, Replay
-from stealkit.service.schemas import EmbeddingsRequest, EmbeddingsResponse, Error, Health, ModelInfo, UsageResponse
+from stealkit.service.body import read_body
+from stealkit.service.decode import BadInput, Limits, count_of
+from stealkit.service.inputs import decode_request
+from stealkit.service.ledger import Account, IdempotencyInFlight, IdempotencyMismatch, QuotaExceeded, Replay, ReservationLost
+from stealkit.service.ratelimit import take_token
+from stealkit.service.respond import BINARY, respond
+from stealkit.service.schemas import EmbeddingsRequest, EmbeddingsResponse, Error, OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse
 
 router = APIRouter()
-BINARY = "application/octet-stream"
+log = logging.getLogger("stealkit.service")
+IDEMPOTENCY_HEADER = "idempotency-key"
 
 _EMBED_DOC = {
+    "parameters": [
+        {"name": "format", "in": "query", "required": False, "schema": {"type": "string", "enum": ["stealkit", "openai"]},
+         "description": "answer form for JSON answers (a request in the common embedding-API form is answered in it)"},
+        {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
+         "description": "a retry with the same key and body gets the stored answer, billed 0"},
+        {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
+         "description": "kept and echoed (letters, digits, ._:-); a random id otherwise"},
+    ],
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
                 "schema": {"type": "object", "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
             },
-            "application/json": {"schema": EmbeddingsRequest.model_json_schema()},
+            "application/json": {"schema": {"oneOf": [EmbeddingsRequest.model_json_schema(), OpenAIEmbeddingsRequest.model_json_schema()]}},
             BINARY: {
                 "schema": {"type": "string", "format": "binary"},
                 "description": "raw uint8 C-order pixels with header X-Array-Shape: N,3,H,W (or an .npy body)",
@@ -47,19 +63,19 @@ _EMBED_DOC = {
     "responses": {
         "200": {
             "content": {
+                "application/json": {"schema": {"oneOf": [EmbeddingsResponse.model_json_schema(), OpenAIEmbeddingsResponse.model_json_schema()]}},
                 BINARY: {
                     "schema": {"type": "string", "format": "binary"},
                     "description": "with 'Accept: application/octet-stream': little-endian float32 N×D, shape in X-Embedding-Shape",
-                }
+                },
             }
         }
     },
 }
-_ERRORS = {s: {"model": Error} for s in (401, 402, 409, 413, 415, 422, 429)}
-IDEMPOTENCY_HEADER = "idempotency-key"
+_ERRORS = {s: {"model": Error} for s in (401, 402, 408, 409, 413, 415, 422, 429, 500, 503)}
 
 
-def _idempotency(request: Request, body: bytes) -> tuple[str | None, str | None]:
+def _idempotency(request: Request, body: bytearray) -> tuple[str | None, str | None]:
     """(key, SHA-256 of what the request asks and of what answers it: the served model and defence)
     from the Idempotency-Key header; (None, None) without one."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -74,137 +90,53 @@ def _idempotency(request: Request, body: bytes) -> tuple[str | None, str | None]
     return key, h.hexdigest()
 
 
-def _respond(request: Request, st, feats: torch.Tensor, request_id: int, billed: int, remaining: int | None, replayed: bool) -> Response:
-    n = feats.shape[0]
-    headers = {"X-Request-Id": str(request_id), "X-Billed": str(billed), "X-Quota-Remaining": "" if remaining is None else str(remaining)}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    if BINARY in request.headers.get("accept", ""):
-        headers["X-Embedding-Shape"] = f"{n},{feats.shape[1]}"
-        return Response(feats.numpy().astype("<f4", copy=False).tobytes(), media_type=BINARY, headers=headers)
-    body = EmbeddingsResponse(model=st.model_name, dim=feats.shape[1], count=n, embeddings=feats.tolist(), billed=billed, remaining=remaining)
-    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadInput(400, f"invalid Content-Length {declared!r}")
-        if int(declared) > limit:
-            raise BadInput(413, f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise BadInput(413, f"request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _multipart_files(request: Request, body: bytes, max_batch: int) -> list[tuple[str, bytes]]:
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=max_batch + 1, max_fields=100)
-    except HTTPException as exc:  # starlette reports multipart problems as 400
-        if "Too many files" in str(exc.detail):
-            raise BadInput(413, f"more than {max_batch} files in one request; split the batch") from None
-        raise BadInput(422, f"malformed multipart body: {exc.detail}") from None
-    files = []
-    for i, (field, value) in enumerate(form.multi_items()):
-        if isinstance(value, UploadFile):
-            files.append((f"file {len(files)} ({field}: {value.filename!r})", await value.read()))
-    await form.close()
-    return files
-
-
-async def _decode(request: Request, body: bytes) -> list[torch.Tensor]:
-    s = request.app.state.service.settings
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        files = await _multipart_files(request, body, s.max_batch)
-        check_count(len(files), s.max_batch)
-        return await run_in_threadpool(lambda: [decode_image(data, s.max_image_side, what) for what, data in files])
-    if ctype == "application/json":
-        try:
-            req = EmbeddingsRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise BadInput(422, "invalid JSON body: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-        check_count(len(req.images), s.max_batch)
-        return await run_in_threadpool(
-            lambda: [decode_base64_image(t, s.max_image_side, f"image {i}") for i, t in enumerate(req.images)]
-        )
-    if ctype in (BINARY, "application/x-npy"):
-        if ctype == "application/x-npy":
-            batch = await run_in_threadpool(decode_npy, body, s.max_batch, s.max_image_side)
-        else:
-            batch = await run_in_threadpool(
-                decode_raw, body, request.headers.get("x-array-shape"), request.headers.get("x-array-dtype"), s.max_batch, s.max_image_side
-            )
-        return list(batch)
-    raise BadInput(415, f"unsupported Content-Type {ctype or '(none)'!r}; use multipart/form-data, application/json or {BINARY}")
-
-
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, openapi_extra=_EMBED_DOC, responses=_ERRORS)
 async def embeddings(request: Request, account: Account = Depends(require_account)):
     """Embed a batch of images: one image = one billable query. JSON answer, or binary with Accept: application/octet-stream."""
     st = request.app.state.service
-    wait = st.buckets.acquire(account.name, account.rate, account.burst)
+    s = st.settings
+    wait = await run_in_threadpool(take_token, st.ledger, account.name, account.rate, account.burst) if account.rate else 0.0
     if wait > 0:
-        retry = max(1, math.ceil(wait))
-        raise HTTPException(429, f"rate limit of {account.rate} requests/s exceeded; retry in {wait:.2f} s", headers={"Retry-After": str(retry)})
-    body = await _read_body(request, st.settings.max_request_bytes)
+        raise HTTPException(429, f"rate limit of {account.rate:g} requests/s exceeded; retry in {wait:.2f} s",
+                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    body = await read_body(request, s.max_request_bytes, s.body_timeout_s)
     idem_key, body_sha = _idempotency(request, body)
-    images = await _decode(request, body)
-    n = len(images)
-    price = n * st.settings.price_per_1000 / 1000.0
+    groups, form, encoding = await decode_request(request, body, Limits(s.max_batch, s.max_image_side, s.max_request_pixels), st.feature_dim)
+    n = count_of(groups)
+    request.state.images = n
+    incoming, own_id = request.state.request_id_incoming, request.state.request_id
     try:
-        reserved = await run_in_threadpool(st.ledger.reserve, account.name, n, price, idem_key, body_sha)
+        reserved = await run_in_threadpool(st.ledger.reserve, account.name, n, n * s.price_per_1000 / 1000.0, idem_key, body_sha, own_id)
     except QuotaExceeded as exc:
         raise HTTPException(402, str(exc)) from None
     except IdempotencyInFlight as exc:
         raise HTTPException(409, str(exc), headers={"Retry-After": "1"}) from None
     except IdempotencyMismatch as exc:
         raise HTTPException(422, str(exc)) from None
+    answer = dict(model=st.model_name, form=form, encoding=encoding, accept=request.headers.get("accept", ""))
     if isinstance(reserved, Replay):
         usage = await run_in_threadpool(st.ledger.usage, account.name)
-        return _respond(request, st, torch.from_numpy(reserved.answer), reserved.request_id, 0, usage.remaining, replayed=True)
-    request_id = reserved
+        rid = incoming or reserved.public_id or own_id
+        request.state.billed, request.state.response_request_id = 0, rid
+        if st.metrics is not None:
+            st.metrics.replayed.inc(n)
+        return respond(torch.from_numpy(reserved.answer), request_id=rid, billed=0, remaining=usage.remaining, replayed=True, **answer)
     try:
-        feats = await run_in_threadpool(st.answer, images, account.name)
-        await run_in_threadpool(st.ledger.commit, request_id, feats.numpy() if idem_key is not None else None)
+        feats = await st.embed(groups, account.name)
+        await run_in_threadpool(st.ledger.commit, reserved, feats.numpy() if idem_key is not None else None)
+    except ReservationLost:
+        log.error("request %s: its reservation was cleared before it was answered (this process stalled past its lease)", own_id)
+        return JSONResponse({"detail": "the server lost this request's reservation before answering it; nothing was billed, retry"},
+                            status_code=503, headers={"Retry-After": "1"})
+    except Exception:
+        st.ledger.cancel(reserved)
+        log.exception("request %s failed while answering; its reservation was cancelled", own_id)
+        return JSONResponse({"detail": f"internal error while answering request {own_id}; nothing was billed"}, status_code=500)
     except BaseException:
-        st.ledger.cancel(request_id)  # sync on purpose: must run even if this task is being cancelled
+        st.ledger.cancel(reserved)  # sync on purpose: must run even if this task is being cancelled
         raise
     usage = await run_in_threadpool(st.ledger.usage, account.name)
-    return _respond(request, st, feats, request_id, n, usage.remaining, replayed=False)
-
-
-@router.get("/v1/usage", response_model=UsageResponse, responses={401: {"model": Error}})
-def usage(request: Request, account: Account = Depends(require_account)):
-    """The caller's queries, requests, quota, remaining queries and cost so far."""
-    st = request.app.state.service
-    u = st.ledger.usage(account.name)
-    return UsageResponse(
-        account=account.name, queries=u.queries, requests=u.requests, quota=u.quota, remaining=u.remaining,
-        cost=round(u.cost, 6), price_per_1000=st.settings.price_per_1000,
-    )
-
-
-@router.get("/v1/model", response_model=ModelInfo, responses={401: {"model": Error}})
-def model_info(request: Request, account: Account = Depends(require_account)):
-    """What is served (architecture, input size, feature dimension, defence, price, limits); not billed."""
-    st = request.app.state.service
-    s = st.settings
-    return ModelInfo(
-        model=st.model_name, arch=st.encoder.spec.arch, input_size=st.encoder.spec.input_size, feature_dim=st.encoder.feature_dim,
-        defence=getattr(st.defence, "name", "none") if st.defence is not None else "none", price_per_1000=s.price_per_1000,
-        max_batch=s.max_batch, max_image_side=s.max_image_side, max_request_bytes=s.max_request_bytes,
-    )
-
-
-@router.get("/healthz", response_model=Health)
-def healthz(request: Request):
-    return Health(status="ok", model_loaded=getattr(request.app.state, "service", None) is not None)
+    request.state.billed = n
+    if st.metrics is not None:
+        st.metrics.images.inc(n)
+    return respond(feats, request_id=own_id, billed=n, remaining=usage.remaining, replayed=False, **answer)

@@ -3,7 +3,7 @@
 POST {url}/v1/embeddings with raw uint8 N×3×H×W (X-Array-Shape) and, by default,
 `Accept: application/octet-stream` -> little-endian float32 N×D: answers equal the served
 encoder's output bitwise. Batches of `batch_size`; retries with exponential back-off (and the
-server's Retry-After) on 429, 5xx and connection errors; an on-disk cache of answers keyed by
+server's Retry-After) on 408, 429, 5xx and connection errors; an on-disk cache of answers keyed by
 SHA-256 of each image (written as each batch is answered), so a crashed or repeated attack never
 pays twice for an image; the hard budget of Target counts only images actually sent.
 
@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import random
 import secrets
-import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import httpx
 import numpy as np
 import torch
 
+from stealkit.service.db import Database
 from stealkit.targets.base import BudgetExceeded, Target
 
 BINARY = "application/octet-stream"
@@ -50,51 +49,52 @@ def image_keys(images: torch.Tensor) -> list[bytes]:
     return [hashlib.sha256(shape + b"|" + arr[i].tobytes()).digest() for i in range(len(arr))]
 
 
+ANSWER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    ns TEXT, key {blob}, dim {int}, feats {blob}, time {real}, PRIMARY KEY (ns, key)
+){without_rowid};
+CREATE TABLE IF NOT EXISTS salts (ns TEXT PRIMARY KEY, salt TEXT NOT NULL)
+"""
+
+
 class AnswerCache:
     """SQLite table (namespace, image hash) -> float32 feature vector; one transaction per batch."""
 
     def __init__(self, path: str | Path, namespace: str):
         self.path, self.namespace = Path(path), namespace
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute(
-            "CREATE TABLE IF NOT EXISTS answers (ns TEXT, key BLOB, dim INTEGER, feats BLOB, time REAL, "
-            "PRIMARY KEY (ns, key)) WITHOUT ROWID"
-        )
-        self._con.execute("CREATE TABLE IF NOT EXISTS salts (ns TEXT PRIMARY KEY, salt TEXT NOT NULL)")
-        self._con.execute("INSERT OR IGNORE INTO salts VALUES (?, ?)", (namespace, secrets.token_hex(16)))
-        self.salt = self._con.execute("SELECT salt FROM salts WHERE ns = ?", (namespace,)).fetchone()[0]
+        self._db = Database.open(self.path)
+        self._db.create(ANSWER_SCHEMA)
+        with self._db.transaction() as tx:
+            tx.execute("INSERT INTO salts (ns, salt) VALUES (?, ?) ON CONFLICT (ns) DO NOTHING", (namespace, secrets.token_hex(16)))
+            self.salt = tx.execute("SELECT salt FROM salts WHERE ns = ?", (namespace,)).fetchone()[0]
 
     def get_many(self, keys: list[bytes]) -> dict[bytes, torch.Tensor]:
         found = {}
         uniq = list(dict.fromkeys(keys))
-        with self._lock:
+        with self._db.read() as tx:
             for i in range(0, len(uniq), 500):
                 part = uniq[i : i + 500]
                 q = f"SELECT key, feats FROM answers WHERE ns = ? AND key IN ({','.join('?' * len(part))})"
-                for key, blob in self._con.execute(q, (self.namespace, *part)):
+                for key, blob in tx.execute(q, (self.namespace, *part)).fetchall():
                     found[bytes(key)] = torch.from_numpy(np.frombuffer(blob, dtype="<f4").copy())
         return found
 
     def put_many(self, keys: list[bytes], feats: torch.Tensor) -> None:
         arr = feats.detach().cpu().float().numpy().astype("<f4", copy=False)
         now = time.time()
-        with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
-            self._con.executemany(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+        with self._db.transaction() as tx:
+            tx.executemany(
+                "INSERT INTO answers (ns, key, dim, feats, time) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (ns, key) DO UPDATE SET dim = excluded.dim, feats = excluded.feats, time = excluded.time",
                 [(self.namespace, k, arr.shape[1], arr[i].tobytes(), now) for i, k in enumerate(keys)],
             )
-            self._con.execute("COMMIT")
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._con.execute("SELECT COUNT(*) FROM answers WHERE ns = ?", (self.namespace,)).fetchone()[0]
+        with self._db.read() as tx:
+            return int(tx.execute("SELECT COUNT(*) FROM answers WHERE ns = ?", (self.namespace,)).fetchone()[0])
 
     def close(self) -> None:
-        self._con.close()
+        self._db.close()
 
 
 class RemoteTarget(Target):
@@ -147,7 +147,7 @@ class RemoteTarget(Target):
         return min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
 
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
-        """One API call with retries on 409 (same Idempotency-Key still running) / 429 / 5xx / connection errors;
+        """One API call with retries on 408 / 409 (same Idempotency-Key still running) / 429 / 5xx / connection errors;
         raises on other errors. A retried POST carries the same Idempotency-Key, so it is never billed twice."""
         headers = {**self._auth, **kw.pop("headers", {})}
         attempt = in_flight_wait = 0
@@ -157,7 +157,7 @@ class RemoteTarget(Target):
                 response = self._client.request(method, path, headers=headers, **kw)
             except httpx.TransportError as exc:
                 error = exc
-            if error is None and response.status_code not in (409, 429) and response.status_code < 500:
+            if error is None and response.status_code not in (408, 409, 429) and response.status_code < 500:
                 break
             if error is None and response.status_code == 409 and in_flight_wait < self.in_flight_patience:
                 # Our own earlier attempt is still being answered (it outlived our timeout): wait for it,
