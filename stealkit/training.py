@@ -87,7 +87,10 @@ class TrainState:
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to `device`, NHWC weights where `runtime.channels_last_enabled` (CUDA, and CPU with oneDNN)."""
+    from stealkit.runtime import channels_last_enabled
+
     model = model.to(device)
-    if device.type == "cuda":
+    if channels_last_enabled(device):
         model = model.to(memory_format=torch.channels_last)
     return model

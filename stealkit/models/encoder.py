@@ -7,7 +7,7 @@ with its own mean/std and returns N×D features (D = `feature_dim`).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from dataclasses import asdict, dataclass, field
 
@@ -78,7 +78,10 @@ class Encoder(nn.Module):
         s = self.spec.input_size
         if x.shape[-2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if is_channels_last(self):  # NHWC weights (a fast training or extraction path): feed NHWC too
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.preprocess(images)))
@@ -91,22 +94,52 @@ def build_encoder(arch: str = "resnet18", input_size: int = 32, cifar_stem: bool
     return Encoder(EncoderSpec(arch=arch, input_size=input_size, cifar_stem=cifar_stem, **kw))
 
 
+def _first_conv_weight(module: nn.Module) -> torch.Tensor | None:
+    return next((p for p in module.parameters() if p.dim() == 4), None)
+
+
+def is_channels_last(module: nn.Module) -> bool:
+    """Whether the module's convolution weights are stored NHWC (channels_last)."""
+    w = _first_conv_weight(module)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+@contextmanager
+def memory_format(module: nn.Module, channels_last: bool):
+    """Run `module` with its 4-D weights NHWC (channels_last=True) or NCHW, and put them back afterwards."""
+    was = is_channels_last(module)
+    if _first_conv_weight(module) is None or was == channels_last:
+        yield module
+        return
+    module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    try:
+        yield module
+    finally:
+        module.to(memory_format=torch.channels_last if was else torch.contiguous_format)
+
+
 @torch.no_grad()
-def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | None = None, amp: bool = False) -> torch.Tensor:
+def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | None = None,
+          amp: bool = False, fast: bool = False) -> torch.Tensor:
     """Features of a uint8 image tensor, in eval mode, batch by batch -> float32 N×D on CPU.
 
-    fp32 by default (TF32 off on CUDA): these are the API's answers, the defences' inputs and the probes'
-    features, and bf16 (amp=True, CUDA only) would round them to ~2⁻⁸ relative precision, coarser than the
-    rounding defence of Table XIV. amp=True is for monitors where speed matters more (the kNN monitor)."""
-    from stealkit.runtime import autocast, exact_fp32
+    Exact by default: fp32, NCHW weights, TF32 off on CUDA. These are the API's answers and the defences'
+    inputs; they do not depend on how the encoder was last trained or on the fast-path settings, and bf16
+    would round them to ~2⁻⁸ relative precision, coarser than the rounding defence of Table XIV.
+    fast=True runs NHWC (channels_last) where `runtime.channels_last_enabled`, still fp32 (differences
+    ~1e-6 relative): for the probes' features. amp=True adds bf16 autocast where `runtime.bf16_enabled`:
+    for monitors where speed matters more (the kNN monitor)."""
+    from stealkit.runtime import autocast, channels_last_enabled, exact_fp32
 
     device = torch.device(device or next(encoder.parameters()).device)
     was_training = encoder.training
     encoder.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device, non_blocking=True)
-        with autocast(device, enabled=amp), (exact_fp32(device) if not amp else nullcontext()):
-            out.append(encoder(x).float().cpu())
+    exact = not (amp or fast)
+    with memory_format(encoder, fast and channels_last_enabled(device)):
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device, non_blocking=True)
+            with autocast(device, enabled=amp), (exact_fp32(device) if exact else nullcontext()):
+                out.append(encoder(x).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "feature_dim", 0))

@@ -26,11 +26,13 @@ from stealkit.models.encoder import embed
 FORMAT = "stealkit-features/2"  # 2: fp32 features (1 was bf16 on CUDA)
 
 
-def extract_features(encoder, images, batch_size: int = 512, device: torch.device | str | None = None) -> torch.Tensor:
+def extract_features(encoder, images, batch_size: int = 512, device: torch.device | str | None = None,
+                     fast: bool = True) -> torch.Tensor:
     """uint8 images N×3×H×W (or an ImageSet) -> float32 features N×D on the CPU.
 
-    `encoder` is an `nn.Module` (run in eval mode on `device` via `embed`) or any object with an
-    `embed(images) -> features` method (e.g. a Target, whose answers may be perturbed by a defence).
+    `encoder` is an `nn.Module` (run in eval mode on `device` via `embed`; `fast`: NHWC fp32, see `embed`)
+    or any object with an `embed(images) -> features` method (e.g. a Target, whose answers may be
+    perturbed by a defence; these are the API's exact answers).
     """
     images = getattr(images, "images", images)
     if isinstance(encoder, nn.Module):
@@ -38,7 +40,7 @@ def extract_features(encoder, images, batch_size: int = 512, device: torch.devic
         home = first.device if first is not None else torch.device("cpu")
         device = torch.device(device) if device is not None else home
         try:  # run on `device`, then leave the encoder where it was
-            feats = embed(encoder.to(device), images, batch_size=batch_size, device=device)
+            feats = embed(encoder.to(device), images, batch_size=batch_size, device=device, fast=fast)
         finally:
             encoder.to(home)
     elif hasattr(encoder, "embed"):
