@@ -68,47 +68,77 @@ def pretrain(
 
 @app.command()
 def evaluate(
-    checkpoint: list[Path] = typer.Argument(..., help="encoder checkpoint(s) (.safetensors with .json sidecar)"),
+    checkpoint: list[Path] = typer.Argument(..., help="encoder checkpoint(s) (.safetensors with .json sidecar; see stealkit import)"),
     downstream: list[str] = typer.Option(["mnist", "gtsrb"], "--downstream", "-d", help="downstream dataset(s)"),
     probe: str = typer.Option("mlp", help="mlp | linear | knn"),
-    epochs: Optional[int] = typer.Option(None, help="probe epochs (mlp default 500)"),
-    train_limit: Optional[int] = typer.Option(None, help="use at most this many downstream training images"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="probe epochs (mlp default 500, the paper's)"),
+    train_limit: Optional[int] = typer.Option(None, min=1, help="use a random subset of this many downstream training images"),
+    test_limit: Optional[int] = typer.Option(None, min=1, help="use a random subset of this many downstream test images"),
+    seed: int = typer.Option(0, help="seed of the subsets and of the probes"),
     data_root: Optional[str] = typer.Option(None, envvar="STEALKIT_DATA", help="dataset root"),
     device: str = typer.Option("auto"),
     out: Optional[Path] = typer.Option(None, help="write the accuracies as JSON here"),
 ):
     """Downstream accuracy (TA) of frozen encoders: features extracted once, probes trained together."""
+    import time
+
     from rich.table import Table
 
     from stealkit.data import DatasetNotFound, load_dataset
-    from stealkit.models.checkpoint import load_encoder
-    from stealkit.probes.evaluate import evaluate_feature_sets
+    from stealkit.models.checkpoint import load_encoder, read_sidecar
+    from stealkit.probes.evaluate import PROBES, evaluate_feature_sets
     from stealkit.probes.features import extract_features
-    from stealkit.runtime import environment, pick_device
+    from stealkit.runtime import environment, pick_device, precision_record
 
+    if probe not in PROBES:
+        fail(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
     apply_data_root(data_root)
-    dev = pick_device(device)
-    encoders = {str(p): load_encoder(p) for p in checkpoint}
+    t_start = time.perf_counter()
+    try:
+        dev = pick_device(device)
+        encoders = {str(p): load_encoder(p) for p in checkpoint}
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
     cfg = {"epochs": epochs} if epochs and probe != "knn" else {}
+    if probe != "knn":
+        cfg["seed"] = seed
     table = Table(title=f"downstream accuracy ({probe} probe)")
     table.add_column("encoder")
-    results = {}
+    results, sizes, skipped = {}, {}, {}
     for ds in downstream:
         try:
             train, test = load_dataset(ds, "train"), load_dataset(ds, "test")
         except DatasetNotFound as exc:
             console.print(f"[yellow]skipped {ds}[/]: {exc}")
+            skipped[ds] = str(exc)
             continue
         if train_limit and train_limit < len(train):
-            train = train.sample(train_limit)
+            train = train.sample(train_limit, seed=seed)
+        if test_limit and test_limit < len(test):
+            test = test.sample(test_limit, seed=seed)
         table.add_column(f"{ds} (%)", justify="right")
+        t0 = time.perf_counter()
+        console.print(f"{ds}: features of {len(train)} train and {len(test)} test images for {len(encoders)} encoder(s)")
         tr = [extract_features(e, train.images, device=dev) for e in encoders.values()]
         te = [extract_features(e, test.images, device=dev) for e in encoders.values()]
-        res = evaluate_feature_sets(tr, train.labels, te, test.labels, probe, train.num_classes, device=dev, **cfg)
+        t1 = time.perf_counter()
+        console.print(f"{ds}: features in {t1 - t0:.0f} s; training {len(encoders)} {probe} probe(s)")
+        res = evaluate_feature_sets(tr, train.labels, te, test.labels, probe, train.num_classes, device=dev,
+                                    **({**cfg, "progress": True} if probe == "mlp" else cfg))
+        sizes[ds] = {"train": len(train), "test": len(test), "classes": train.num_classes,
+                     "feature_seconds": t1 - t0, "probe_seconds": time.perf_counter() - t1}
         for name, r in zip(encoders, res):
             results.setdefault(name, {})[ds] = r["accuracy"]
+    if not results:
+        fail(f"no downstream set could be loaded ({', '.join(skipped)}); give --data-root or set STEALKIT_DATA")
     for name, accs in results.items():
         table.add_row(name, *[f"{100 * a:.2f}" for a in accs.values()])
     console.print(table)
     if out:
-        out.write_text(json.dumps({"accuracy": results, "probe": probe, "probe_config": cfg, "environment": environment()}, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"accuracy": results, "datasets": sizes, "skipped": skipped, "probe": probe, "probe_config": cfg, "seed": seed,
+                "train_limit": train_limit, "test_limit": test_limit, "wall_seconds": time.perf_counter() - t_start,
+                "encoders": {n: {k: read_sidecar(n).get(k) for k in ("spec", "imported", "dataset", "dataset_size")} for n in encoders},
+                "device": str(dev), "precision": precision_record(dev), "environment": environment()}
+        out.write_text(json.dumps(blob, indent=2, default=str))
+        console.print(f"wrote {out}")

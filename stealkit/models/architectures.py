@@ -3,6 +3,10 @@
 CIFAR stem (as in the SimCLR/StolenEncoder code): the first convolution becomes 3×3, stride 1,
 padding 1, and the first max-pool is removed, so a 32×32 image keeps its resolution through the
 stem. Every builder returns (backbone, feature_dim) where backbone maps N×3×H×W floats to N×D.
+
+Beyond the registry, `torchvision:NAME` is any torchvision classification model without its last
+Linear layer, and `timm:NAME` any timm model with `num_classes=0` (timm installed): the names a
+provider's own weights are imported under (`stealkit import`).
 """
 
 from __future__ import annotations
@@ -98,9 +102,58 @@ def shufflenet_v2(cifar_stem: bool = True):
     return net, dim
 
 
+TORCHVISION_PREFIX, TIMM_PREFIX = "torchvision:", "timm:"
+
+
+def _drop_last_linear(net: nn.Module) -> tuple[nn.Module, int]:
+    """Replace the last nn.Linear of a torchvision classifier (its ImageNet head) by Identity -> (net, its in_features)."""
+    last = None
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(f"{type(net).__name__} has no final nn.Linear to remove; it cannot serve as a feature extractor")
+    parent_name, _, child = last.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    dim = getattr(parent, child).in_features
+    setattr(parent, child, nn.Identity())
+    return net, dim
+
+
+def _torchvision(name: str) -> tuple[nn.Module, int]:
+    """Any torchvision classification model by its builder name, without its classifier: pooled features."""
+    if name not in tvm.list_models(module=tvm):
+        raise ValueError(f"torchvision has no classification model {name!r}; see torchvision.models.list_models()")
+    return _drop_last_linear(tvm.get_model(name, weights=None))
+
+
+def _timm(name: str) -> tuple[nn.Module, int]:
+    """A timm model by name with `num_classes=0` (its pooled features), when timm is installed."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"architecture 'timm:{name}' needs timm: pip install timm") from None
+    if not timm.list_models(name):
+        raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+    net = timm.create_model(name, pretrained=False, num_classes=0)
+    return net, int(net.num_features)
+
+
 def build_backbone(name: str, cifar_stem: bool = True) -> tuple[nn.Module, int]:
+    """Registry name (CIFAR stem optional), `torchvision:NAME` or `timm:NAME` (their own stems) -> (N×3×H×W -> N×D, D)."""
+    for prefix, builder in ((TORCHVISION_PREFIX, _torchvision), (TIMM_PREFIX, _timm)):
+        if name.startswith(prefix):
+            if cifar_stem:
+                raise ValueError(f"{name}: the CIFAR stem is only for registry architectures ({', '.join(sorted(ARCHITECTURES))}); "
+                                 "use cifar_stem=False (--no-cifar-stem)")
+            return builder(name[len(prefix):])
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, ARCHITECTURES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown architecture {name!r}{hint}; choose one of {sorted(ARCHITECTURES)}, "
+                         "or torchvision:NAME / timm:NAME")
     return ARCHITECTURES[name](cifar_stem)
 
 

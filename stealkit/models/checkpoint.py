@@ -20,10 +20,12 @@ FORMAT = "stealkit-encoder/1"
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """`name`, `name.safetensors` or `name.json` -> (name.safetensors, name.json). Any other suffix is part
+    of the name (`rn18.pt` -> rn18.pt.safetensors, never rn18.safetensors)."""
     p = Path(path)
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
-    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
 def weights_path(path: str | os.PathLike) -> Path:
@@ -31,14 +33,17 @@ def weights_path(path: str | os.PathLike) -> Path:
     return _paths(path)[0]
 
 
-def save_encoder(encoder: Encoder, path: str | os.PathLike, **info) -> Path:
+def save_encoder(encoder: Encoder, path: str | os.PathLike, dtype: torch.dtype | None = None, **info) -> Path:
     """Write weights and sidecar atomically (temp file + rename); returns the .safetensors path.
 
     `info` is stored in the sidecar: e.g. train_config=..., dataset="cifar10:train", seed=0.
+    `dtype` (e.g. torch.float16) stores floating tensors in that precision; loading casts them back to fp32.
     """
     weights, sidecar = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": FORMAT, "spec": encoder.spec.to_dict(), "environment": environment(), **info}
     tmp_w, tmp_j = weights.with_name(weights.name + ".tmp"), sidecar.with_name(sidecar.name + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": FORMAT})
@@ -51,6 +56,10 @@ def save_encoder(encoder: Encoder, path: str | os.PathLike, **info) -> Path:
 def read_sidecar(path: str | os.PathLike) -> dict:
     weights, sidecar = _paths(path)
     if not sidecar.exists():
+        given = Path(path)
+        if given.suffix in (".pt", ".pth", ".bin") or (given.suffix == ".safetensors" and given.exists()):
+            raise FileNotFoundError(f"{given} is not a stealkit checkpoint (no {sidecar.name} beside it); "
+                                    f"turn a provider's weights into one with: stealkit import {given} --arch ... --out NAME")
         raise FileNotFoundError(f"no checkpoint sidecar at {sidecar}; an encoder checkpoint is a .safetensors + .json pair")
     meta = json.loads(sidecar.read_text())
     if meta.get("format") != FORMAT:
