@@ -1,4 +1,5 @@
-"""Cont-Steal and the ICML'22 loss attacks: exactly |D| queries, the loss goes down, cache reuse."""
+"""Cont-Steal (released form: e·|D| queries of the same augmented view; fixed-view form: |D|) and the
+ICML'22 loss attacks: queries billed exactly, the loss goes down, cache reuse, protocol presets."""
 
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ def surrogate():
 
 
 def test_registered():
-    for name in ("cont-steal", "steal-mse", "steal-infonce", "steal-softnn", "steal-wasserstein"):
+    for name in ("cont-steal", "cont-steal-fixed-view", "steal-mse", "steal-infonce", "steal-softnn", "steal-wasserstein"):
         assert name in ATTACKS
 
 
-def test_cont_steal_spends_exactly_d_queries_and_loss_decreases(victim, surrogate, tmp_path):
+def test_cont_steal_fixed_view_spends_exactly_d_queries_and_loss_decreases(victim, surrogate, tmp_path):
     target = LocalTarget(victim)
-    attack = build_attack("cont-steal", {**TINY, "epochs": 6, "temperature": 0.2})
+    attack = build_attack("cont-steal-fixed-view", {**TINY, "epochs": 6, "temperature": 0.2})
     result = attack.steal(target, surrogate, device="cpu", workdir=tmp_path, progress=False)
     assert result.queries == len(surrogate) == target.queries
     losses = [e["loss"] for e in result.log]
@@ -47,7 +48,7 @@ def test_cont_steal_spends_exactly_d_queries_and_loss_decreases(victim, surrogat
     assert losses[-1] < losses[0]
     assert result.encoder.feature_dim == victim.feature_dim
     # a rerun in the same workdir reads the cached answers and the finished train state: no new queries
-    again = build_attack("cont-steal", {**TINY, "epochs": 6, "temperature": 0.2}).steal(target, surrogate, device="cpu", workdir=tmp_path, progress=False)
+    again = build_attack("cont-steal-fixed-view", {**TINY, "epochs": 6, "temperature": 0.2}).steal(target, surrogate, device="cpu", workdir=tmp_path, progress=False)
     assert target.queries == len(surrogate)
     assert again.info["queries_from_cache"] == len(surrogate)
 
@@ -63,3 +64,55 @@ def test_icml_loss_attacks_spend_d_queries(victim, surrogate, name):
 def test_unknown_config_key_fails():
     with pytest.raises(Exception):
         build_attack("cont-steal", {"temprature": 0.1})
+
+
+class Recording(LocalTarget):
+    """A LocalTarget that keeps every batch it was asked to embed."""
+
+    def __init__(self, encoder):
+        super().__init__(encoder)
+        self.asked = []
+
+    def _embed(self, images):
+        self.asked.append(images.clone())
+        return super()._embed(images)
+
+
+def test_cont_steal_released_form_pays_e_times_d_for_the_views_the_stolen_encoder_sees(victim, surrogate, tmp_path):
+    """The released code sends the same augmented image to the target and the stolen encoder every epoch:
+    e·|D| queries (no clean query), every one an augmented image, each epoch's set a fresh draw."""
+    target = Recording(victim)
+    epochs = 3
+    result = build_attack("cont-steal", {**TINY, "epochs": epochs, "batch_size": 25}).steal(
+        target, surrogate, device="cpu", workdir=tmp_path, progress=False)
+    assert result.queries == target.queries == epochs * len(surrogate)
+    assert [e["aug_queries"] for e in result.log] == [len(surrogate)] * epochs
+    asked = torch.cat(target.asked)
+    assert len(asked) == epochs * len(surrogate)
+    first, second = asked[: len(surrogate)], asked[len(surrogate) : 2 * len(surrogate)]
+    assert not torch.equal(first, surrogate.images)  # augmented, not the clean images
+    assert not torch.equal(first, second)  # a fresh A(x) per epoch
+    # resumed in the same workdir after it finished: nothing is asked or paid again
+    again = build_attack("cont-steal", {**TINY, "epochs": epochs, "batch_size": 25}).steal(
+        target, surrogate, device="cpu", workdir=tmp_path, progress=False)
+    assert target.queries == epochs * len(surrogate) and again.queries == epochs * len(surrogate)
+
+
+def test_cont_steal_defaults_are_the_released_codes():
+    cfg = build_attack("cont-steal").config
+    assert (cfg.batch_size, cfg.optimizer, cfg.lr, cfg.temperature) == (32, "adam", 3e-4, 0.5)
+    loss = build_attack("cont-steal").make_loss()
+    assert loss.stolen_views == loss.target_views == frozenset({"aug"})
+
+
+@pytest.mark.parametrize("name, batch, lr", [("steal-infonce", 256, 3e-4), ("steal-softnn", 256, 1e-3), ("steal-mse", 64, 1e-3)])
+def test_released_protocol_preset(name, batch, lr):
+    """steal.py of the released ICML'22 code: one clean view, Adam with weight decay 1e-4, per-loss batch and lr;
+    an explicit setting still wins over the preset."""
+    cfg = build_attack(name, {"protocol": "released"}).config
+    assert (cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.optimizer) == (batch, lr, 1e-4, "adam")
+    loss = build_attack(name, {"protocol": "released"}).make_loss()
+    assert loss.stolen_views == loss.target_views == frozenset({"clean"})
+    assert build_attack(name, {"protocol": "released", "batch_size": 32}).config.batch_size == 32
+    aug = build_attack(name).make_loss()
+    assert aug.stolen_views == frozenset({"aug"}) and aug.target_views == frozenset({"clean"})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stealkit.losses_stealing import cont_steal_loss, infonce_loss, mse_loss, soft_nn_loss, wasserstein_loss
+from stealkit.losses import cont_steal_loss, infonce_loss, mse_loss, soft_nn_loss, wasserstein_loss
 
 
 def _batch(n=4, d=5, seed=0, positive=False):

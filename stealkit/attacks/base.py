@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
 
 from stealkit.data.imageset import ImageSet
 from stealkit.models.encoder import Encoder
@@ -39,13 +37,35 @@ class StealResult:
 
 
 class Attack:
+    """Base: a registered name, a strict pydantic `Config` (unknown keys and out-of-range values fail when
+    the attack is built) and `steal`. Attacks that need the victim's own settings (the pre-training
+    baseline) override `with_victim`."""
+
     name = "attack"
     Config: type[StrictModel] = StrictModel
+    fixed: dict = {}  # settings a registered variant is defined by (e.g. lam=0 for w/o-aug)
 
     def __init__(self, config: dict | StrictModel | None = None, **overrides):
         if isinstance(config, StrictModel):
             config = config.model_dump()
-        self.config = self.Config(**{**(config or {}), **overrides})
+        given = {**(config or {}), **overrides}
+        for key, value in self.fixed.items():
+            if key in given and given[key] != value:
+                raise ValueError(f"attack {self.name!r} is defined by {key}={value!r}; it cannot be set to {given[key]!r}")
+        self.config = self.Config(**{**given, **self.fixed})
+
+    @classmethod
+    def with_victim(cls, config: dict, victim: dict, seed: int) -> dict:
+        """The config as this attack needs it in an experiment: `victim` is the row's victim spec (dict),
+        `seed` the experiment's. Default: the experiment's seed unless the config sets its own."""
+        if "seed" in cls.Config.model_fields:
+            return {"seed": seed, **config}
+        return dict(config)
+
+    def describe(self) -> str:
+        """One line of the settings that matter, for reports."""
+        d = getattr(self.config, "describe", None)
+        return d() if callable(d) else ""
 
     def steal(self, target: Target, surrogate: ImageSet, *, device=None, workdir=None, progress: bool = True) -> StealResult:
         raise NotImplementedError
@@ -53,17 +73,9 @@ class Attack:
 
 def build_attack(name: str, config: dict | None = None) -> Attack:
     if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, ATTACKS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown attack {name!r}{hint}; choose one of {', '.join(sorted(ATTACKS))}")
     return ATTACKS[name](config or {})
-
-
-def query_target(target: Target, images: torch.Tensor, batch_size: int = 256, progress: bool = False, desc: str = "querying") -> torch.Tensor:
-    """Ask the target once per image, batch by batch -> float32 N×D. Each image costs one query."""
-    out = []
-    bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        out.append(target.embed(chunk).float())
-        bar.update(len(chunk))
-    bar.close()
-    return torch.cat(out) if out else torch.zeros(0, target.feature_dim)

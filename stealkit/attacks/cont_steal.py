@@ -1,36 +1,70 @@
-"""Cont-Steal (Sha, He, Yu, Backes, Zhang, "Can't Steal? Cont-Steal! Contrastive Stealing Attacks
-Against Image Encoders", CVPR 2023; seed 003), registered as "cont-steal".
+"""Cont-Steal (Sha, He, Yu, Backes, Zhang, "Can't Steal? Cont-Steal! Contrastive Stealing Attacks Against
+Image Encoders", CVPR 2023, arXiv:2201.07513), two registered forms.
 
-Query the target once per surrogate image (|D| queries, cached), then train a fresh f_s with the
-contrastive loss of `stealkit.losses_stealing.cont_steal_loss`: for image i of a batch the anchor is
-f_s(A(x_i)), the positive f_t(x_i), the negatives f_t(x_j), j ≠ i (optionally also f_s(A(x_k)), k ≠ i:
-`stolen_negatives`); cosine similarities over a temperature τ (default 0.1; the seed gives no value).
-A is a fresh flip+jitter+gray draw per image per epoch. Training reuses `train_stolen_encoder`
-(resumable, GPU-resident). Other defaults as StolenEncoder: ResNet34, Adam lr 1e-3, batch 64, 100 epochs
-(a contrastive loss sees only batch−1 negatives: larger batches help).
-This is the issue's |D|-query form. The end-to-end form that later work describes (the target asked
-for the augmented view of every image every epoch, positive f_t(A(x))) is `query_aug: true`, billed
-(e+1)·|D| queries as for StolenEncoder-query-aug; `stolen_negatives: true` adds the surrogate-side negatives.
+"cont-steal" (the released code, zeyangsha/Cont-Steal `contrastive_steal.py` and `Loss.py`): every epoch
+the *same* augmented image A(x) goes to the target and to the stolen encoder (e·|D| queries, each
+epoch's payment journaled the moment it is billed), and the loss is the symmetric NT-Xent over the
+concatenated embeddings [f_s(A(x)); f_t(A(x))] (negatives from both encoders), τ = 0.5; batch 32,
+Adam lr 3e-4. A = crop + flip + colour jitter + grayscale (stealkit's choice, SimCLR's augmentations).
+
+"cont-steal-fixed-view" (stealkit's earlier |D|-query form): the target is asked once per clean image;
+anchor f_s(A(x_i)), positive f_t(x_i), negatives f_t(x_j), j ≠ i (optionally the other stolen embeddings
+too: `stolen_negatives`), τ = 0.1; Adam lr 1e-3, batch 64.
 Shapes: surrogate uint8 N×3×H×W, answers N×D, stolen encoder N×3×H×W -> N×D.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from stealkit.attacks.base import register_attack
-from stealkit.attacks.loss_steal import LossStealAttack, LossStealConfig
-from stealkit.losses_stealing import cont_steal_loss
+from stealkit.attacks.query_train import QueryTrainAttack
+from stealkit.attacks.trainer import TrainConfig
+from stealkit.losses.cont_steal import ContStealAnchorLoss
+from stealkit.losses.infonce import InfoNCELoss
 
 
-class ContStealConfig(LossStealConfig):
-    temperature: float = 0.1
-    stolen_negatives: bool = False
+class ContStealConfig(TrainConfig):
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    augment: str = "crop+flip+jitter+gray"
+    temperature: float = Field(0.5, gt=0)
+
+    def describe(self) -> str:
+        return f"same A(x) to both encoders each epoch, symmetric NT-Xent τ={self.temperature:g}; {super().describe()}"
 
 
 @register_attack("cont-steal")
-class ContSteal(LossStealAttack):
-    """Cont-Steal: InfoNCE between f_s(A(x)) and f_t(x); exactly |D| queries."""
+class ContSteal(QueryTrainAttack):
+    """Cont-Steal as released: e·|D| queries of augmented images, symmetric NT-Xent."""
 
     Config = ContStealConfig
 
-    def pair_loss(self, stolen, target):
-        return cont_steal_loss(stolen, target, self.config.temperature, self.config.stolen_negatives)
+    def make_loss(self):
+        return InfoNCELoss({"temperature": self.config.temperature}, stolen_view="aug", target_view="aug")
+
+
+class ContStealFixedViewConfig(TrainConfig):
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    temperature: float = Field(0.1, gt=0)
+    stolen_negatives: bool = False
+
+    def describe(self) -> str:
+        return f"f_t(x) asked once, anchor f_s(A(x)), τ={self.temperature:g}; {super().describe()}"
+
+
+@register_attack("cont-steal-fixed-view")
+class ContStealFixedView(QueryTrainAttack):
+    """Cont-Steal's loss on a fixed clean view of the target: exactly |D| queries."""
+
+    Config = ContStealFixedViewConfig
+
+    def make_loss(self):
+        c = self.config
+        return ContStealAnchorLoss({"temperature": c.temperature, "stolen_negatives": c.stolen_negatives},
+                                   stolen_view="aug", target_view="clean")

@@ -1,103 +1,108 @@
-"""Stealing with the ICML 2022 losses (Dziedzic et al., "On the Difficulty of Defending
-Self-Supervised Learning against Model Extraction"; seed 002): MSE, InfoNCE, Soft Nearest
-Neighbours, Wasserstein — one registered attack per loss: "steal-mse", "steal-infonce",
-"steal-softnn", "steal-wasserstein".
+"""Stealing with the ICML 2022 losses (Dziedzic, Dhawan, Kaleem, Guan, Papernot, "On the Difficulty of
+Defending Self-Supervised Learning against Model Extraction", ICML 2022, arXiv:2205.07890): MSE, InfoNCE,
+Soft Nearest Neighbours, Wasserstein — registered "steal-mse", "steal-infonce", "steal-softnn",
+"steal-wasserstein". Each is its loss (stealkit/losses/) plus a training protocol, chosen by `protocol`:
 
-Protocol (seed 002: "we query the victim encoder with the first augmentation and our stolen copy
-with the second"): query the target once per surrogate image (|D| queries, answers cached in
-`workdir/queries.safetensors`), then train a fresh f_s on
-    L = clean_weight · ℓ(f_s(x), f_t(x)) + lam · ℓ(f_s(A(x)), f_t(x))
-with ℓ the attack's loss, a fresh A(x) (flip+jitter+gray by default) every epoch, through
-`train_stolen_encoder`'s fast, resumable loop. Defaults: lam=1, clean_weight=0 (only the augmented
-view, as in the paper); the rest as StolenEncoder (ResNet34, Adam 1e-3, batch 64, 100 epochs).
-`distance`, `normalize` and `reduction` of StealConfig are Eq. (7)'s and are not used here.
+- "augmented" (default; the authors' blog: "we query the victim encoder with the first augmentation and
+  our stolen copy with the second"): the target is asked once per clean image (|D| queries), the stolen
+  encoder sees a fresh A(x) every epoch; Adam lr 1e-3, batch 64, no weight decay.
+- "released" (the released code, cleverhans-lab/ssl-attacks-defenses `steal.py`): one clean view for both
+  encoders (no augmentation; |D| queries), Adam with weight decay 1e-4 and per-loss settings: InfoNCE batch
+  256, lr 3e-4, τ 0.07; SoftNN batch 256, lr 1e-3, T 100; MSE and Wasserstein batch 64, lr 1e-3.
+Any setting given explicitly wins over the protocol's. The report's "settings" column says which ran.
 Shapes: surrogate uint8 N×3×H×W, answers N×D, stolen encoder N×3×H×W -> N×D.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import ClassVar, Literal
 
-import torch
+from pydantic import Field, model_validator
 
 from stealkit.attacks.base import register_attack
-from stealkit.attacks.stolen_encoder import StealConfig, StolenEncoder
-from stealkit.losses_stealing import infonce_loss, mse_loss, soft_nn_loss, wasserstein_loss
+from stealkit.attacks.query_train import QueryTrainAttack
+from stealkit.attacks.trainer import TrainConfig
+from stealkit.losses.base import StealLoss
+from stealkit.losses.infonce import InfoNCELoss
+from stealkit.losses.mse import MSELoss
+from stealkit.losses.soft_nn import SoftNNLoss
+from stealkit.losses.wasserstein import WassersteinLoss
 
-class LossStealConfig(StealConfig):
-    lam: float = 1.0  # weight of ℓ(f_s(A(x)), f_t(x)); 0 trains on clean images only
-    clean_weight: float = 0.0  # weight of ℓ(f_s(x), f_t(x))
+AUGMENTED = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64}
+RELEASED = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64}
+VIEWS = {"augmented": ("aug", "clean"), "released": ("clean", "clean")}  # (stolen view, target view)
 
-def make_loss_fn(pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lam: float, clean_weight: float):
-    """`train_stolen_encoder` hook: (target, stolen_clean, stolen_aug, target_aug) -> (L, L1, L2).
 
-    L1 = ℓ(f_s(x), f_t(x)) (computed only when weighted or when there is no augmented view),
-    L2 = ℓ(f_s(A(x)), f_t(x)) (f_t(A(x)) instead when query_aug provides it), L = clean_weight·L1 + lam·L2;
-    without an augmented view (lam = 0) L = L1.
-    """
+class LossStealConfig(TrainConfig):
+    """TrainConfig with a protocol preset: the protocol's values fill every setting not given."""
 
-    def loss_fn(t, fc, fa, ta):
-        zero = torch.zeros((), device=t.device)
-        if fa is None:
-            l1 = pair_loss(fc, t)
-            return l1, l1, zero
-        l2 = pair_loss(fa, t if ta is None else ta)
-        l1 = pair_loss(fc, t) if clean_weight > 0 else zero
-        return clean_weight * l1 + lam * l2, l1, l2
+    protocol: Literal["augmented", "released"] = "augmented"
+    presets: ClassVar[dict[str, dict]] = {"augmented": AUGMENTED, "released": RELEASED}
 
-    return loss_fn
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_protocol(cls, data):
+        if not isinstance(data, dict):
+            return data
+        proto = data.get("protocol", cls.model_fields["protocol"].default)
+        return {**cls.presets.get(proto, {}), **data}
 
-class LossStealAttack(StolenEncoder):
-    """Base: subclasses set `Config` and implement `pair_loss(stolen, target) -> scalar`; querying (exactly
-    |D| queries, none on a cached rerun), caching and training are StolenEncoder's."""
+    def describe(self) -> str:
+        return f"{self.protocol} protocol; {super().describe()}"
+
+
+class LossStealAttack(QueryTrainAttack):
+    """Base: subclasses set `Config` and `loss_class`; the loss's own settings are Config fields."""
 
     Config = LossStealConfig
+    loss_class: type[StealLoss]
 
-    def pair_loss(self, stolen: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def make_loss(self) -> StealLoss:
+        stolen_view, target_view = VIEWS[self.config.protocol]
+        own = {k: getattr(self.config, k) for k in self.loss_class.Config.model_fields}
+        return self.loss_class(own, stolen_view=stolen_view, target_view=target_view)
 
-    def loss_fn(self):
-        return make_loss_fn(self.pair_loss, self.config.lam, self.config.clean_weight)
 
 @register_attack("steal-mse")
 class StealMSE(LossStealAttack):
-    """ICML'22 MSE: mean squared error between f_s(A(x)) and f_t(x)."""
+    """ICML'22 MSE between the stolen encoder's and the target's features."""
 
-    def pair_loss(self, stolen, target):
-        return mse_loss(stolen, target)
+    loss_class = MSELoss
+
 
 class InfoNCEConfig(LossStealConfig):
-    temperature: float = 0.07
+    temperature: float = Field(0.07, gt=0)
+    presets: ClassVar[dict[str, dict]] = {"augmented": AUGMENTED, "released": {**RELEASED, "batch_size": 256, "lr": 3e-4}}
+
 
 @register_attack("steal-infonce")
 class StealInfoNCE(LossStealAttack):
-    """ICML'22 InfoNCE: NT-Xent over [f_s(A(x)); f_t(x)], positives the same image's pair."""
+    """ICML'22 InfoNCE: NT-Xent over [f_s; f_t], positives the same image's pair."""
 
     Config = InfoNCEConfig
+    loss_class = InfoNCELoss
 
-    def pair_loss(self, stolen, target):
-        return infonce_loss(stolen, target, self.config.temperature)
 
 class SoftNNConfig(LossStealConfig):
-    temperature: float = 100.0
+    temperature: float = Field(100.0, gt=0)
+    presets: ClassVar[dict[str, dict]] = {"augmented": AUGMENTED, "released": {**RELEASED, "batch_size": 256, "lr": 1e-3}}
+
 
 @register_attack("steal-softnn")
 class StealSoftNN(LossStealAttack):
-    """ICML'22 Soft Nearest Neighbours over [f_s(A(x)); f_t(x)], labels = image identity."""
+    """ICML'22 Soft Nearest Neighbours over [f_s; f_t], labels = image identity."""
 
     Config = SoftNNConfig
+    loss_class = SoftNNLoss
 
-    def pair_loss(self, stolen, target):
-        return soft_nn_loss(stolen, target, self.config.temperature)
 
 class WassersteinConfig(LossStealConfig):
     wasserstein_normalize: Literal["sum", "softmax"] = "sum"
 
+
 @register_attack("steal-wasserstein")
 class StealWasserstein(LossStealAttack):
-    """ICML'22 Wasserstein: W1 between f_s(A(x)) and f_t(x) read as distributions over coordinates."""
+    """ICML'22 Wasserstein: W1 between f_s and f_t read as distributions over coordinates."""
 
     Config = WassersteinConfig
-
-    def pair_loss(self, stolen, target):
-        return wasserstein_loss(stolen, target, self.config.wasserstein_normalize)
+    loss_class = WassersteinLoss

@@ -1,6 +1,6 @@
 """Multi-account (sybil) stealing, registered "sybil": spread the queries over several accounts (API keys)
-so that no single account looks like a thief to a per-account defence (B4B, Dubiński et al., NeurIPS
-2023, Section 5 evaluates exactly this adaptive attacker; its released code maps every sybil's answers
+so that no single account looks like a thief to a per-account defence (B4B: Dubiński, Pawlak, Boenisch, Trzciński, Dziedzic, "Bucks for
+Buckets (B4B): Active Defenses Against Stealing Encoders", NeurIPS 2023, arXiv:2310.08571, Section 5 evaluates exactly this adaptive attacker; its released code maps every sybil's answers
 into the first account's space before training).
 
 `steal(targets, surrogate)`: `targets` is a list of Targets, one per account (e.g. several
@@ -11,43 +11,48 @@ spaces (B4B's per-account transformations), the first `overlap` images are also 
 other account, and a map from each account's answers to account 0's is fitted on them
 ("affine": least squares y0 ≈ [y_j, 1]·W; "orthogonal": Procrustes rotation + scale + shift; "none").
 Queries: |D| + overlap·(accounts − 1), reported per account in `info["per_account_queries"]`.
-Training then runs as any loss attack on the mapped answers: `loss` picks the objective
-("cont-steal" default; "mse", "infonce", "softnn", "wasserstein", or "stolenencoder" = Eq. 7).
+Training then runs through the shared trainer on the mapped answers: `loss` picks the objective
+(default "cont-steal": Cont-Steal's one-sided InfoNCE on f_s(A(x)) vs f_t(x), as `cont-steal-fixed-view`;
+"mse", "infonce", "softnn", "wasserstein" on the same views; "stolenencoder" = Eq. 7).
 Shapes: surrogate uint8 N×3×H×W, answers N×D -> stolen encoder N×3×H×W -> N×D.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
-from stealkit.attacks.base import StealResult, register_attack
-from stealkit.attacks.loss_steal import LossStealAttack, LossStealConfig, make_loss_fn
-from stealkit.attacks.stolen_encoder import cached_query, train_stolen_encoder
-from stealkit.losses import stolen_encoder_loss
-from stealkit.losses_stealing import STEALING_LOSSES
+from stealkit.attacks.base import register_attack
+from stealkit.attacks.query_train import QueryTrainAttack
+from stealkit.attacks.queries import cached_query
+from stealkit.attacks.trainer import TrainConfig
+from stealkit.losses.base import build_loss
 
-DEFAULT_TEMPERATURE = {"infonce": 0.07, "softnn": 100.0, "cont-steal": 0.1}
+PAIR_LOSS = {"cont-steal": "cont-steal-anchor", "mse": "mse", "infonce": "infonce", "softnn": "softnn", "wasserstein": "wasserstein"}
 
 
-class SybilConfig(LossStealConfig):
+class SybilConfig(TrainConfig):
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
     loss: Literal["cont-steal", "mse", "infonce", "softnn", "wasserstein", "stolenencoder"] = "cont-steal"
-    temperature: float | None = None  # None: the loss's own default
-    overlap: int = 0  # images asked through every account to align their answer spaces
+    temperature: float | None = Field(None, gt=0)  # None: the loss's own default
+    lam: float | None = Field(None, ge=0)  # loss "stolenencoder" only; None: 20, the paper's λ
+    overlap: int = Field(0, ge=0)  # images asked through every account to align their answer spaces
     align: Literal["affine", "orthogonal", "none"] = "affine"
     split: Literal["contiguous", "round-robin"] = "contiguous"
-    accounts: int = 1  # given one LocalTarget (e.g. from an experiment config), ask through this many of its accounts
-    lam: float | None = None  # None: 20 (the paper's λ) for loss "stolenencoder", else 1 (the loss attacks' default)
+    accounts: int = Field(1, ge=1)  # given one LocalTarget (e.g. from an experiment config), ask through this many of its accounts
 
     @model_validator(mode="after")
-    def _default_lam(self):
-        if self.lam is None:
-            self.lam = 20.0 if self.loss == "stolenencoder" else 1.0
+    def _lam_only_for_eq7(self):
+        if self.lam is not None and self.loss != "stolenencoder":
+            raise ValueError(f"lam is a setting of loss 'stolenencoder', not of {self.loss!r}")
         return self
+
+    def describe(self) -> str:
+        return f"{self.accounts if self.accounts > 1 else 'given'} accounts, loss {self.loss}; {super().describe()}"
 
 
 def fit_alignment(source: torch.Tensor, reference: torch.Tensor, kind: str = "affine"):
@@ -69,23 +74,17 @@ def fit_alignment(source: torch.Tensor, reference: torch.Tensor, kind: str = "af
 
 
 @register_attack("sybil")
-class Sybil(LossStealAttack):
+class Sybil(QueryTrainAttack):
     """Queries spread over several accounts; answers aligned to account 0; trained with `loss`."""
 
     Config = SybilConfig
 
-    def pair_loss(self, stolen, target):
-        cfg = self.config
-        fn = STEALING_LOSSES[cfg.loss]
-        if cfg.loss in DEFAULT_TEMPERATURE:
-            return fn(stolen, target, cfg.temperature if cfg.temperature is not None else DEFAULT_TEMPERATURE[cfg.loss])
-        return fn(stolen, target)
-
-    def loss_fn(self):
+    def make_loss(self):
         cfg = self.config
         if cfg.loss == "stolenencoder":
-            return lambda t, fc, fa, ta: stolen_encoder_loss(t, fc, fa, cfg.lam, cfg.distance, cfg.normalize, cfg.reduction)
-        return make_loss_fn(self.pair_loss, cfg.lam, cfg.clean_weight)
+            return build_loss("stolenencoder", {"lam": 20.0 if cfg.lam is None else cfg.lam})
+        own = {"temperature": cfg.temperature} if cfg.temperature is not None and cfg.loss in ("cont-steal", "infonce", "softnn") else {}
+        return build_loss(PAIR_LOSS[cfg.loss], own, stolen_view="aug", target_view="clean")
 
     def fan_out(self, target) -> list:
         """One target -> `accounts` targets: copies of a LocalTarget under accounts "<account>#j" that share
@@ -94,8 +93,6 @@ class Sybil(LossStealAttack):
 
         from stealkit.targets.local import LocalTarget
 
-        if self.config.accounts < 1:
-            raise ValueError(f"accounts must be >= 1, got {self.config.accounts}")
         if self.config.accounts == 1:
             return [target]
         if not isinstance(target, LocalTarget):
@@ -118,17 +115,14 @@ class Sybil(LossStealAttack):
         parts[0] = torch.cat([torch.arange(cfg.overlap), parts[0]])
         return parts
 
-    def steal(self, target, surrogate, *, device=None, workdir=None, progress=True) -> StealResult:
+    def answers(self, target, surrogate, workdir: Path | None, progress: bool):
+        """Each account asks for its shard (and the overlap); other accounts' answers mapped into account 0's."""
         cfg = self.config
-        if cfg.query_aug:
-            raise ValueError("sybil does not support query_aug")
         targets = list(target) if isinstance(target, (list, tuple)) else self.fan_out(target)
         k, n = len(targets), len(surrogate)
         if cfg.overlap > n:
             raise ValueError(f"overlap {cfg.overlap} is larger than the surrogate set ({n})")
-        workdir = Path(workdir) if workdir else None
         images = surrogate.images
-        t0 = time.perf_counter()
         feats, billed, new_billed, aligned = None, [], 0, []
         for j, (tgt, idx) in enumerate(zip(targets, self.shards(n, k))):
             ask = idx if j == 0 else torch.cat([torch.arange(cfg.overlap), idx])
@@ -147,31 +141,4 @@ class Sybil(LossStealAttack):
                 own = mapping(own)
                 aligned.append(j)
             feats[idx] = own
-        query_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        encoder, log = train_stolen_encoder(
-            images,
-            feats,
-            cfg,
-            device=device,
-            state_path=workdir / "train_state.pt" if workdir else None,
-            progress=progress,
-            loss_fn=self.loss_fn(),
-        )
-        return StealResult(
-            encoder=encoder,
-            queries=sum(billed),
-            log=log,
-            query_seconds=query_seconds,
-            train_seconds=time.perf_counter() - t1,
-            info={
-                "attack": self.name,
-                "accounts": k,
-                "per_account_queries": billed,
-                "aligned_accounts": aligned,
-                "surrogate": surrogate.name,
-                "surrogate_size": n,
-                "queries_from_cache": sum(billed) - new_billed,
-                "config": cfg.model_dump(),
-            },
-        )
+        return feats, sum(billed), new_billed, {"accounts": k, "per_account_queries": billed, "aligned_accounts": aligned}

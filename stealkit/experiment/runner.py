@@ -23,11 +23,12 @@ from stealkit.data import DatasetNotFound, load_dataset
 from stealkit.defences import build_defence
 from stealkit.experiment.config import ExperimentConfig
 from stealkit.experiment.report import write_report
+from stealkit.experiment.shadows import resolve_defence
 from stealkit.experiment.victims import get_victim, load_data, spec_key
 from stealkit.models.checkpoint import checkpoint_exists, load_encoder, save_encoder
 from stealkit.probes.evaluate import evaluate_feature_sets, prediction_agreement
 from stealkit.probes.features import FeatureCache, extract_features
-from stealkit.runtime import derived_seed, environment, pick_device
+from stealkit.runtime import environment, pick_device
 from stealkit.targets import LocalTarget
 
 
@@ -72,19 +73,13 @@ def _make_target(cfg: ExperimentConfig, victim, defence, row_dir: Path):
 
 
 def _attack_config(row: dict, victim_info: dict, cfg: ExperimentConfig) -> dict:
-    conf = dict(row["attack"]["config"])
-    if row["attack"]["name"] == "pretrain-encoder":
-        # "the parameter settings of SimCLR are the same as those used to pre-train the target encoders";
-        # not the victim's data, seed, device or run limits.
-        base = dict(row["victim"].get("pretrain") or {})
-        for k in ("data", "knn_data", "knn_every", "seed", "device", "time_limit_s"):
-            base.pop(k, None)
-        conf = {**base, **conf}
-        # Its own seed, never the victim's: with the same seed and architecture it would start from the
-        # victim's initial weights (both default to seed 0).
-        conf.setdefault("seed", derived_seed("pretrain-encoder", cfg.seed))
-    conf.setdefault("seed", cfg.seed)
-    return conf
+    """The row's attack config as the attack needs it in this experiment (its `with_victim` hook)."""
+    from stealkit.attacks import ATTACKS
+
+    cls = ATTACKS.get(row["attack"]["name"])
+    if cls is None:
+        build_attack(row["attack"]["name"])  # raises the "unknown attack" error
+    return cls.with_victim(dict(row["attack"]["config"]), row["victim"], cfg.seed)
 
 
 def _surrogate(row: dict, victim_info: dict, data_root):
@@ -141,7 +136,7 @@ def steal_row(run: Run, row: dict, victim, victim_info: dict, device) -> dict:
         cached["cost"] = cached["queries"] * cfg.price_per_1000 / 1000.0  # at today's price, not the cached one
         return {**cached, "encoder": load_encoder(stolen_path)}
     surrogate = _surrogate(row, victim_info, cfg.data_root)
-    defence = build_defence(row["defence"])
+    defence = build_defence(resolve_defence(row["defence"], device=str(device)))
     target = _make_target(cfg, victim, defence, row_dir)
     attack = build_attack(row["attack"]["name"], _attack_config(row, victim_info, cfg))
     run.echo(f"[{_row_label(row)}] stealing with {len(surrogate)} surrogate images from {surrogate.name}")
@@ -194,10 +189,12 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[dict], devi
         tr_f.append(feats(venc, train.images, tags["train"]))
         te_f.append(feats(venc, test.images, tags["test"]))
     # What honest users keep under each defence: the victim's answers as the defence returns them.
-    # With normalised answers, honest users see unit vectors even without a defence.
+    # In a defence comparison with normalised answers, honest users of the undefended row see unit vectors too.
+    compare = any(r["defence"] for r in rows) and cfg.normalize_answers
     for vkey, dkey, dspec in {(r["victim_key"], spec_key(r["defence"]), json.dumps(r["defence"], sort_keys=True))
-                              for r in rows if r["defence"] or cfg.normalize_answers}:
-        honest = LocalTarget(victims[vkey][0], defence=build_defence(json.loads(dspec)), account="honest-user",
+                              for r in rows if r["defence"] or compare}:
+        honest = LocalTarget(victims[vkey][0], defence=build_defence(resolve_defence(json.loads(dspec), device=str(device))),
+                             account="honest-user",
                              normalize=cfg.normalize_answers)
         names.append(("honest", vkey, dkey))
         tr_f.append(extract_features(honest, train.images))
