@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-import types
 
 import pytest
 import torch
 
 from stealkit.defences.base import DEFENCES, build_defence
 from stealkit.defences.noise import GaussianNoise
-from stealkit.defences.poisoning import FeaturePoisoning, train_shadow
+from stealkit.defences.poisoning import FeaturePoisoning
+from stealkit.experiment.shadows import resolve_defence, train_shadow
 from stealkit.defences.rounding import Rounding
 from stealkit.defences.topk import TopK
 from stealkit.models.checkpoint import save_encoder
@@ -115,17 +114,38 @@ def test_train_shadow_uses_stolen_encoder_trainer(monkeypatch, shadow, images):
     seen = {}
 
     def fake_train(imgs, target_features, config, device=None, progress=True):
-        seen.update(n=len(imgs), dim=target_features.shape[1], config=config)
+        seen.update(n=len(imgs), dim=target_features.shape[1], epochs=config.epochs)
         return shadow, [{"epoch": 1}]
 
-    fake = types.ModuleType("stealkit.attacks.stolen_encoder")
-    fake.train_stolen_encoder = fake_train
-    monkeypatch.setitem(sys.modules, "stealkit.attacks.stolen_encoder", fake)
+    import stealkit.attacks.trainer as trainer
+
+    monkeypatch.setattr(trainer, "train_stolen_encoder", fake_train)
     victim = build_encoder("shufflenet_v2").eval()
     assert train_shadow(victim, images, {"epochs": 1}) is shadow
-    assert seen == {"n": len(images), "dim": victim.feature_dim, "config": {"epochs": 1}}
-    d = FeaturePoisoning.trained(victim, images, 1.0, "l2", {"lam": 5.0, "distance": "l1", "augment": "flip"})
-    assert (d.lam, d.distance, d.augment.names) == (5.0, "l1", ("flip",))
+    assert seen == {"n": len(images), "dim": victim.feature_dim, "epochs": 1}
+
+
+def test_a_shadow_spec_is_resolved_by_the_experiment_layer(monkeypatch, shadow, images, tmp_path):
+    """The defence only takes an encoder or a checkpoint path; the experiment layer trains a spec's shadow
+    once and hands the defence the path plus the attacker's d, λ and A."""
+    import stealkit.experiment.shadows as shadows
+
+    monkeypatch.setenv("STEALKIT_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_checkpoint(spec, device=None, progress=False):
+        calls.append(spec)
+        return str(save_encoder(shadow, tmp_path / "shadow"))
+
+    monkeypatch.setattr(shadows, "shadow_checkpoint", fake_checkpoint)
+    spec = {"name": "poisoning", "epsilon": 1.0, "norm": "l2",
+            "shadow": {"victim": {"checkpoint": "x"}, "data": {"name": "synthetic"}, "config": {"lam": 5.0, "distance": "l1", "augment": "flip"}}}
+    with pytest.raises(ValueError, match="resolve it first"):
+        build_defence(spec)
+    resolved = resolve_defence(spec)
+    assert calls and isinstance(resolved["shadow"], str)
+    d = build_defence(resolved)
+    assert (d.lam, d.distance, d.augment.names, d.normalize) == (5.0, "l1", ("flip",), True)
 
 
 def test_same_defence_objects_work_on_local_target(shadow, images):
