@@ -67,13 +67,32 @@ def test_welch_matches_formula():
 
 @pytest.mark.parametrize("fit_on", ["victim", "suspect"])
 def test_dataset_inference_victim_small_p_independent_large_p(di_setting, fit_on):
+    """On the plain images (views="none"): the memorising victim is called stolen with a tiny p; the
+    independent encoder is not (p above the 1% threshold; its p-value is a draw under H0, so a fixed bar above
+    the threshold, such as 0.05, fails on some machines' floating-point sums)."""
     private, public, victim, independent = di_setting
-    own = dataset_inference(victim, victim, private, public, n_components=4, fit_on=fit_on)
+    own = dataset_inference(victim, victim, private, public, n_components=4, fit_on=fit_on, views="none")
     assert own.p_value < 1e-6 and own.stolen and own.mean_ll_train > own.mean_ll_test
-    other = dataset_inference(victim, independent, private, public, n_components=4, fit_on=fit_on)
-    assert other.p_value > 0.05 and not other.stolen
+    other = dataset_inference(victim, independent, private, public, n_components=4, fit_on=fit_on, views="none")
+    assert other.p_value > other.alpha == 0.01 and not other.stolen
     assert other.n_fit == other.n_train == 64 and other.n_test == 128
     assert "independent" in other.verdict and json.dumps(other.to_dict())
+
+
+def test_dataset_inference_defaults_are_the_released_scripts(di_setting):
+    """fit on the suspect, RandomResizedCrop views, 20 diagonal components, Student's t (pooled variance):
+    the result says so, and the p-value equals scipy's ttest_ind(equal_var=True) one-sided on the scores."""
+    from scipy.stats import ttest_ind
+
+    private, public, victim, _ = di_setting
+    r = dataset_inference(None, victim, private, public)
+    assert (r.fit_on, r.views, r.test, r.covariance_type, r.n_components) == ("suspect", "crop", "student", "diag", 20)
+    assert "RandomResizedCrop" in r.to_dict()["variant"] and "Student" in r.variant
+    assert r.stolen == (r.p_value < r.alpha) and 0 <= r.p_value <= 1
+    a, b = np.random.default_rng(0).normal(1, 1, 20), np.random.default_rng(1).normal(0, 3, 30)
+    from stealkit.verify.dataset_inference import t_greater
+
+    assert t_greater(a, b)[1] == pytest.approx(ttest_ind(a, b, equal_var=True).pvalue / 2)
 
 
 def test_dataset_inference_gmm_cache_not_fooled_by_a_reused_id(di_setting):
@@ -83,13 +102,13 @@ def test_dataset_inference_gmm_cache_not_fooled_by_a_reused_id(di_setting):
     private, public, victim, _ = di_setting
     other = public.flip(0).clone()  # other images in the role of the private set
     cache: dict = {}
-    first = dataset_inference(victim, victim, private, public, n_components=4, gmm_cache=cache)
+    first = dataset_inference(victim, victim, private, public, n_components=4, fit_on="victim", gmm_cache=cache)
     (key,) = cache
-    again = dataset_inference(victim, victim, private, public, n_components=4, gmm_cache=cache)
+    again = dataset_inference(victim, victim, private, public, n_components=4, fit_on="victim", gmm_cache=cache)
     assert again.mean_ll_train == first.mean_ll_train and len(cache) == 1  # a true hit is reused
     cache[(key[0], id(other), *key[2:])] = cache[key]
-    fresh = dataset_inference(victim, victim, other, private, n_components=4)
-    cached = dataset_inference(victim, victim, other, private, n_components=4, gmm_cache=cache)
+    fresh = dataset_inference(victim, victim, other, private, n_components=4, fit_on="victim")
+    cached = dataset_inference(victim, victim, other, private, n_components=4, fit_on="victim", gmm_cache=cache)
     assert cached.mean_ll_train == pytest.approx(fresh.mean_ll_train) and cached.p_value == pytest.approx(fresh.p_value)
 
 
@@ -115,7 +134,7 @@ def watermarked():
     torch.set_num_threads(1)
     train = load_digits_set("train", size=SIZE).images[:256]  # digits have an upright orientation
     cfg = {"arch": "cnn_tiny", "epochs": 10, "batch_size": 64, "lr": 3e-3, "augment": "crop+flip", "amp": False,
-           "device": "cpu", "proj_hidden": 64, "proj_dim": 32, "head_hidden": 64}
+           "device": "cpu", "proj_hidden": 64, "proj_dim": 32, "head_hidden": 64, "task": "quarter"}
     enc, head, log = embed_watermark(train, cfg, progress=False)
     return enc, head, log, load_digits_set("test", size=SIZE).images[:100]
 
@@ -182,3 +201,47 @@ def test_watermark_p_value_counts_images_not_predictions():
     assert per_image_p_value(torch.full((5,), 0.25), 0.25) == 1.0 and per_image_p_value(torch.zeros(5), 0.25) > 0.9
     clustered = torch.tensor([1.0] * 4 + [0.0] * 6)  # 16/40 right: the binomial over 40 trials says p ≈ 0.02
     assert binomtest(16, 40, 0.25, alternative="greater").pvalue < 0.05 < per_image_p_value(clustered, 0.25)
+
+
+def test_rotate_by_angle_matches_torchvision():
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from stealkit.verify.watermark import rotate_by_angle
+
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    angles = torch.tensor([0.0, 17.5, 90.0, 179.9, 211.0, 359.0])
+    out = rotate_by_angle(x, angles)
+    for i, a in enumerate(angles.tolist()):
+        assert torch.equal(out[i], TF.rotate(x[i], a, interpolation=InterpolationMode.NEAREST))
+
+
+def test_binary_watermark_is_the_default_with_the_released_head():
+    """The blog's binary task (0–180° vs 180–360°) and the released WatermarkMLP (D-256-128-2)."""
+    from stealkit.verify.watermark import WatermarkConfig, binary_views, rotation_head
+
+    assert WatermarkConfig().task == "binary"
+    head = rotation_head(64)
+    assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [256, 128, 2] and head.task == "binary"
+    views, labels = binary_views(torch.zeros(3, 3, 8, 8, dtype=torch.uint8) + 9, torch.Generator().manual_seed(1))
+    assert views.shape == (6, 3, 8, 8) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_binary_watermark_transfers_to_a_copy_not_to_an_independent_encoder(tmp_path):
+    torch.set_num_threads(1)
+    train = load_digits_set("train", size=SIZE).images[:256]
+    cfg = {"arch": "cnn_tiny", "epochs": 20, "batch_size": 64, "lr": 3e-3, "augment": "crop+flip", "amp": False,
+           "device": "cpu", "proj_hidden": 64, "proj_dim": 32, "weight": 3.0}
+    enc, head, log = embed_watermark(train, cfg, progress=False)  # continuous angles: a harder task than quarter turns
+    check = load_digits_set("test", size=SIZE).images[:100]
+    own = watermark_accuracy(enc, head, check)
+    assert own.task == "binary" and own.trials == 200 and own.chance == 0.5
+    assert own.accuracy > 0.6 and own.significant
+    torch.manual_seed(100)
+    independent = build_encoder("cnn_tiny", input_size=SIZE).eval()
+    res = watermark_accuracy(independent, head, check)
+    assert not res.significant
+    weights, hp = save_watermarked(enc, head, tmp_path / "victim")
+    loaded = load_watermark_head(hp)
+    assert loaded.task == "binary"
+    assert watermark_accuracy(enc, loaded, check).accuracy == own.accuracy

@@ -50,8 +50,11 @@ def dataset_inference_cmd(
     private_limit: Optional[int] = typer.Option(None, help="use a random subset of this many private images"),
     public_limit: Optional[int] = typer.Option(None, help="use a random subset of this many public images"),
     fit_fraction: float = typer.Option(0.5, help="fraction of the private images the GMM is fitted on"),
-    components: int = typer.Option(10, help="GMM components"),
-    fit_on: str = typer.Option("victim", help="fit the GMM on the 'victim' or the 'suspect' representations"),
+    components: int = typer.Option(20, min=1, help="GMM components (the released script: 20)"),
+    covariance: str = typer.Option("diag", help="GMM covariance type: diag (released) | full | spherical | tied"),
+    fit_on: str = typer.Option("suspect", help="fit the GMM on the 'suspect' (released) or the 'victim' representations"),
+    views: str = typer.Option("crop", help="'crop': a RandomResizedCrop view of every image (released); 'none'"),
+    test: str = typer.Option("student", help="'student' (pooled variance, released) or 'welch' t-test"),
     alpha: float = typer.Option(0.01, help="significance threshold for the verdict"),
     size: int = typer.Option(32, help="image side the sets are resized to"),
     data_root: Optional[str] = typer.Option(None, help="data root (else STEALKIT_DATA, else ./data)"),
@@ -59,23 +62,33 @@ def dataset_inference_cmd(
     device: str = typer.Option("auto"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ):
-    """GMM log-likelihoods of private-train vs public images under the suspect; one-sided Welch t-test."""
+    """GMM log-likelihoods of private-train vs public images under the suspect; one-sided t-test."""
     from stealkit.models.checkpoint import load_encoder
     from stealkit.runtime import pick_device
     from stealkit.verify.dataset_inference import dataset_inference
 
+    from stealkit.cli.common import fail
+
+    choices = {"fit-on": (fit_on, ("suspect", "victim")), "covariance": (covariance, ("diag", "full", "spherical", "tied")),
+               "views": (views, ("crop", "none")), "test": (test, ("student", "welch"))}
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            fail(f"--{flag} {value!r}: choose one of {', '.join(allowed)}")
+    if fit_on == "victim" and victim is None:
+        fail("--fit-on victim needs --victim CHECKPOINT")
     dev = pick_device(device)
     sus = load_encoder(suspect, device=dev)
     vic = load_encoder(victim, device=dev) if victim is not None else None
     priv = _images(private, private_limit, seed, data_root, size)
     pub = _images(public, public_limit, seed + 1, data_root, size)
-    r = dataset_inference(vic, sus, priv, pub, fit_fraction=fit_fraction, n_components=components, fit_on=fit_on, alpha=alpha, seed=seed)
+    r = dataset_inference(vic, sus, priv, pub, fit_fraction=fit_fraction, n_components=components, covariance_type=covariance,
+                          fit_on=fit_on, alpha=alpha, seed=seed, views=views, test=test)
     _emit(
         r.to_dict(),
         as_json,
         [
             f"mean log-likelihood: private-train {r.mean_ll_train:.4g} (n={r.n_train}) vs public {r.mean_ll_test:.4g} (n={r.n_test}); GMM fitted on {r.n_fit} {r.fit_on} representations",
-            f"t = {r.t_statistic:.4g}, p-value = {r.p_value:.3g} (alpha = {r.alpha})",
+            f"t = {r.t_statistic:.4g}, p-value = {r.p_value:.3g} (alpha = {r.alpha}); {r.variant}",
             f"verdict: {r.verdict}",
         ],
     )
@@ -126,7 +139,8 @@ def embed_watermark_cmd(
     epochs: int = typer.Option(100),
     batch_size: int = typer.Option(256),
     lr: float = typer.Option(1e-3),
-    rotations: int = typer.Option(4, help="4: 0/90/180/270°; 2: 0/180°"),
+    task: str = typer.Option("binary", help="binary: angles in (0°,180°) vs (180°,360°) (the released code); quarter: exact turns"),
+    rotations: int = typer.Option(4, help="task quarter only: 4 (0/90/180/270°) or 2 (0/180°)"),
     weight: float = typer.Option(1.0, help="weight of the rotation loss"),
     limit: Optional[int] = typer.Option(None),
     size: int = typer.Option(32),
@@ -138,7 +152,15 @@ def embed_watermark_cmd(
     from stealkit.models.checkpoint import load_encoder
     from stealkit.verify.watermark import WatermarkConfig, embed_watermark, save_watermarked
 
-    cfg = WatermarkConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, rotations=rotations, weight=weight, seed=seed, device=device)
+    from pydantic import ValidationError
+
+    from stealkit.cli.common import fail
+
+    try:
+        cfg = WatermarkConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, task=task, rotations=rotations, weight=weight,
+                              seed=seed, device=device)
+    except ValidationError as exc:
+        fail(f"bad watermark settings: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
     enc = load_encoder(victim) if victim is not None else None
     enc, head, log = embed_watermark(_images(data, limit, seed, data_root, size), cfg, enc)
     weights, hp = save_watermarked(enc, head, out, watermark_config=cfg.model_dump(), dataset=data, log=log[-1:])

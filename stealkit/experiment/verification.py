@@ -1,19 +1,21 @@
-"""Ownership verification inside an experiment (seed 002): dataset inference and the rotation watermark
+"""Ownership verification inside an experiment (Dziedzic et al., ICML 2022 and NeurIPS 2022): dataset inference and the rotation watermark
 on every stolen encoder of a run, against its victim, plus optional reference encoders.
 
 The config's `verify:` block (unknown keys fail with the list of allowed ones):
 
     verify:
-      dataset_inference:                  # GMM log-likelihoods, one-sided Welch t-test (verify/dataset_inference.py)
+      dataset_inference:                  # GMM log-likelihoods, one-sided t-test (verify/dataset_inference.py)
         private: {name: cifar10, split: train, limit: 50000}  # the victim's training images; default: its
                                           #   pre-training data (victim.pretrain.data, or the checkpoint's train_config)
         private_limit: 1000               # use a random subset of the private set
         public: {name: cifar10, split: test, limit: 1000}     # same distribution, never trained on
-        threshold: 0.05                   # verdict "stolen" when p < threshold
+        threshold: 0.01                   # verdict "stolen" when p < threshold (the blog's 1%)
         fit_fraction: 0.5                 # part of the private subset the GMM is fitted on
-        n_components: 10
-        covariance_type: diag
-        fit_on: victim                    # or suspect (the released script)
+        n_components: 20                  # the released script's
+        covariance_type: diag             # the released script's (at ImageNet scale)
+        fit_on: suspect                   # the released script; or victim
+        views: crop                       # RandomResizedCrop views (released); or none
+        test: student                     # pooled-variance t-test (released); or welch
         normalize: true
       watermark:                          # only for victims with a .wmhead.safetensors beside their checkpoint
         images: {name: cifar10, split: test, limit: 1000}
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stealkit.experiment.config import VictimSpec
 from stealkit.pretrain.config import DataSpec
@@ -54,13 +56,15 @@ class DatasetInferenceSpec(_Strict):
     private: DataSpec | None = None
     private_limit: int | None = None
     public: DataSpec
-    threshold: float = 0.05
-    fit_fraction: float = 0.5
-    n_components: int = 10
+    threshold: float = Field(0.01, gt=0, lt=1)  # the blog's 1%
+    fit_fraction: float = Field(0.5, gt=0, lt=1)
+    n_components: int = Field(20, ge=1)
     covariance_type: Literal["diag", "full", "spherical", "tied"] = "diag"
-    fit_on: Literal["victim", "suspect"] = "victim"
+    fit_on: Literal["victim", "suspect"] = "suspect"  # the released script
     normalize: bool = True
-    batch_size: int = 512
+    views: Literal["crop", "none"] = "crop"  # RandomResizedCrop views, as the released script
+    test: Literal["student", "welch"] = "student"
+    batch_size: int = Field(512, ge=1)
 
 
 class WatermarkSpec(_Strict):
@@ -200,15 +204,17 @@ class _VictimChecks:
         try:
             di = self.spec.dataset_inference
             if di is not None:
-                fit_on = di.fit_on
+                fit_on, note = di.fit_on, {}
                 if fit_on == "victim" and getattr(encoder, "feature_dim", None) not in (None, getattr(victim, "feature_dim", None)):
-                    fit_on = "suspect"  # the victim's GMM cannot score features of another width
+                    fit_on = "suspect"  # the victim's GMM cannot score features of another width: said in the result
+                    note = {"fit_on_note": f"fit_on 'victim' asked, but this encoder's features are {encoder.feature_dim}-d and "
+                                           f"the victim's {victim.feature_dim}-d: the mixture was fitted on the suspect"}
                 r = dataset_inference(
                     victim, on_device, self.private, self.public, fit_fraction=di.fit_fraction, n_components=di.n_components,
                     covariance_type=di.covariance_type, fit_on=fit_on, normalize=di.normalize, alpha=di.threshold,
-                    seed=self.seed, batch_size=di.batch_size, gmm_cache=self.gmm_cache,
+                    seed=self.seed, batch_size=di.batch_size, gmm_cache=self.gmm_cache, views=di.views, test=di.test,
                 )
-                out["dataset_inference"] = {**r.to_dict(), **self.di_data}
+                out["dataset_inference"] = {**r.to_dict(), **self.di_data, **note}
             wm = self.spec.watermark
             if wm is not None:
                 if self.head is None:

@@ -1,20 +1,23 @@
 """Dataset inference for encoders (Dziedzic, Duan, Kaleem, Dhawan, Guan, Cattan, Boenisch, Papernot,
-"Dataset Inference for Self-Supervised Models", NeurIPS 2022; seed 002, the blog post; released code
+"Dataset Inference for Self-Supervised Models", NeurIPS 2022, arXiv:2209.09024; released code
 cleverhans-lab/DatasetInferenceForSelfSupervisedModels, `dataset-inference/gmm.py`).
 
 The victim's private training set is its signature. The defender
 1. splits its private training images into a fit part and an evaluation part,
-2. fits a Gaussian mixture (sklearn, diagonal covariances) on representations of the fit part,
-3. scores, with that mixture, the *suspect's* representations of the evaluation part ("train") and
-   of held-out images from the same distribution that no encoder was trained on ("test"),
-4. runs a one-sided Welch t-test, H1: mean log-likelihood(train) > mean log-likelihood(test).
-A small p-value (below `alpha`, e.g. 1%) marks the suspect as the victim or a copy of it; otherwise
-the test is inconclusive and the suspect is called independent.
+2. fits a Gaussian mixture (sklearn) on the *suspect's* L2-normalised representations of the fit part,
+3. scores with it the suspect's representations of the evaluation part ("train") and of held-out
+   images of the same distribution that no encoder was trained on ("test"),
+4. runs a one-sided t-test, H1: mean log-likelihood(train) > mean log-likelihood(test).
+A p-value below `alpha` (the blog's 1%) marks the suspect as the victim or a copy of it; otherwise the
+test is inconclusive and the suspect is called independent.
 
-`fit_on="victim"` (default, as the issue states it) fits the mixture on the victim's representations;
-`fit_on="suspect"` fits it on the suspect's own representations of the fit part, as the released
-script does (then the victim is not needed). Representations are L2-normalised first (`normalize`),
-as in the released script. Shapes: images uint8 N×3×H×W; encoders N×3×H×W -> N×D.
+Defaults are the released script's: the mixture fitted on the suspect (`fit_on="suspect"`; "victim"
+fits it on the victim's representations instead, which needs both to have the same width), every
+representation taken of a RandomResizedCrop view of its image (`views="crop"`; "none": the image as
+is), 20 components with diagonal covariances (the released code at ImageNet scale; `covariance_type`
+is a setting), Student's t-test with pooled variance as `scipy.stats.ttest_ind` computes it (`test=
+"student"`; "welch" drops the equal-variance assumption). The result names the variant that ran.
+Shapes: images uint8 N×3×H×W; encoders N×3×H×W -> N×D.
 An encoder argument may be an nn.Module or anything with `embed(images)` (a Target; queries are billed).
 """
 
@@ -41,13 +44,22 @@ class DatasetInferenceResult:
     n_test: int
     fit_on: str
     n_components: int
+    covariance_type: str = "diag"
+    views: str = "crop"
+    test: str = "student"
+
+    @property
+    def variant(self) -> str:
+        return (f"GMM({self.n_components}, {self.covariance_type}) fitted on the {self.fit_on}'s representations of "
+                f"{self.n_fit} private images ({'RandomResizedCrop views' if self.views == 'crop' else 'plain images'}), "
+                f"{'Student' if self.test == 'student' else 'Welch'} t-test, one-sided")
 
     @property
     def verdict(self) -> str:
         return "stolen (victim or a copy of it)" if self.stolen else "independent (inconclusive test)"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "verdict": self.verdict}
+        return {**asdict(self), "verdict": self.verdict, "variant": self.variant}
 
 
 def representations(model, images: torch.Tensor, batch_size: int = 512, normalize: bool = True) -> np.ndarray:
@@ -74,10 +86,30 @@ def fit_gmm(reps: np.ndarray, n_components: int = 10, covariance_type: str = "di
 
 def welch_greater(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """One-sided Welch t-test, H1: mean(a) > mean(b) -> (t, p)."""
+    return t_greater(a, b, equal_var=False)
+
+
+def t_greater(a: np.ndarray, b: np.ndarray, equal_var: bool = True) -> tuple[float, float]:
+    """One-sided two-sample t-test, H1: mean(a) > mean(b) -> (t, p); pooled variance (Student) by default."""
     from scipy.stats import ttest_ind
 
-    res = ttest_ind(a, b, equal_var=False, alternative="greater")
+    res = ttest_ind(a, b, equal_var=equal_var, alternative="greater")
     return float(res.statistic), float(res.pvalue)
+
+
+def crop_views(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One RandomResizedCrop view (scale 0.08–1, ratio 3/4–4/3, back to the same size) of every uint8 image,
+    drawn from `seed` (the released script's `transforms.RandomResizedCrop`)."""
+    from stealkit.augment_ops import random_resized_crop
+
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        views = torch.cat([random_resized_crop(images[i : i + 4096].float() / 255.0, images.shape[-1], scale=(0.08, 1.0))
+                           for i in range(0, len(images), 4096)])
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return views.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def dataset_inference(
@@ -87,10 +119,12 @@ def dataset_inference(
     public_images: torch.Tensor,
     *,
     fit_fraction: float = 0.5,
-    n_components: int = 10,
+    n_components: int = 20,
     covariance_type: Literal["diag", "full", "spherical", "tied"] = "diag",
-    fit_on: Literal["victim", "suspect"] = "victim",
+    fit_on: Literal["victim", "suspect"] = "suspect",
     normalize: bool = True,
+    views: Literal["crop", "none"] = "crop",
+    test: Literal["student", "welch"] = "student",
     alpha: float = 0.01,
     seed: int = 0,
     batch_size: int = 512,
@@ -106,17 +140,22 @@ def dataset_inference(
         raise ValueError(f"fit_on must be 'victim' or 'suspect', got {fit_on!r}")
     if fit_on == "victim" and victim is None:
         raise ValueError("fit_on='victim' needs the victim encoder")
+    if views not in ("crop", "none") or test not in ("student", "welch"):
+        raise ValueError(f"views must be 'crop' or 'none' and test 'student' or 'welch', got {views!r}, {test!r}")
     n = len(private_images)
     n_fit = int(round(n * fit_fraction))
     if n_fit < 2 or n - n_fit < 2 or len(public_images) < 2:
         raise ValueError(f"need at least 2 images in each of fit/train/test; got {n_fit}/{n - n_fit}/{len(public_images)}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     fit_imgs, train_imgs = private_images[perm[:n_fit]], private_images[perm[n_fit:]]
+    if views == "crop":  # one view per image, drawn per set from the seed (the same views for every suspect)
+        fit_imgs, train_imgs = crop_views(fit_imgs, seed), crop_views(train_imgs, seed + 1)
+        public_images = crop_views(public_images, seed + 2)
     fitter = victim if fit_on == "victim" else suspect
     # The entry keeps the victim and the image tensor alive and is checked by identity: an id() alone can be
     # reused by a new object once the old one is freed (e.g. a fresh slice `private[:n]` per call), which
     # would silently score the suspect under a mixture fitted on other images.
-    key = (id(victim), id(private_images), n_fit, seed, n_components, covariance_type, normalize)
+    key = (id(victim), id(private_images), n_fit, seed, n_components, covariance_type, normalize, views)
     hit = gmm_cache.get(key) if fit_on == "victim" and gmm_cache is not None else None
     if hit is not None and hit[0] is victim and hit[1] is private_images:
         gmm = hit[2]
@@ -126,7 +165,7 @@ def dataset_inference(
             gmm_cache[key] = (victim, private_images, gmm)
     ll_train = gmm.score_samples(representations(suspect, train_imgs, batch_size, normalize))
     ll_test = gmm.score_samples(representations(suspect, public_images, batch_size, normalize))
-    t, p = welch_greater(ll_train, ll_test)
+    t, p = t_greater(ll_train, ll_test, equal_var=test == "student")
     if not np.isfinite(p):  # identical constant likelihoods: no evidence
         p = 1.0
     return DatasetInferenceResult(
@@ -141,4 +180,7 @@ def dataset_inference(
         n_test=len(public_images),
         fit_on=fit_on,
         n_components=gmm.n_components,
+        covariance_type=covariance_type,
+        views=views,
+        test=test,
     )
