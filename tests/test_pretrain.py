@@ -83,14 +83,35 @@ def test_moco_keys_are_normalised_with_other_images_than_their_queries():
     are mostly not those sharing them with query i (sub-batch i mod s); with splits=1 keys are unshuffled."""
     cfg = PretrainConfig(method="moco", arch="cnn_tiny", batch_size=64, moco_bn_splits=8, moco_queue=64, proj_dim=8)
     m = MoCoModel(build_encoder("cnn_tiny"), cfg).train()
-    s, pos = 8, torch.argsort(m.key_perm)  # pos[i]: where image i sits in the shuffled key batch
+    key_perm = m.key_shuffles(1, torch.Generator().manual_seed(0))[0]
+    s, pos = 8, torch.argsort(key_perm)  # pos[i]: where image i sits in the shuffled key batch
     query_group = lambda i: {j for j in range(64) if j % s == i % s}  # noqa: E731
-    key_group = lambda i: {int(m.key_perm[p]) for p in range(64) if p % s == int(pos[i]) % s}  # noqa: E731
+    key_group = lambda i: {int(key_perm[p]) for p in range(64) if p % s == int(pos[i]) % s}  # noqa: E731
     overlap = sum(len(query_group(i) & key_group(i)) / 8 for i in range(64)) / 64
     assert overlap < 0.35  # 1/8 expected for a random shuffle; 1.0 without shuffling
     v = torch.rand(64, 3, 32, 32)
     plain = MoCoModel(build_encoder("cnn_tiny"), cfg.model_copy(update={"moco_bn_splits": 1})).train()
-    assert torch.allclose(plain.keys(v), plain.key_head(plain.key_encoder(v)), atol=1e-5)
+    ident = plain.key_shuffles(1, torch.Generator().manual_seed(0))[0]
+    assert torch.equal(ident, torch.arange(64))
+    assert torch.allclose(plain.keys(v, ident), plain.key_head(plain.key_encoder(v)), atol=1e-5)
+
+
+def test_moco_draws_a_new_key_shuffle_every_step():
+    """MoCo's shuffling BN shuffles the keys anew for every mini-batch, not once: the orders of one epoch
+    differ from step to step, differ between epochs, and are reproducible from (seed, epoch)."""
+    from stealkit.runtime import derived_seed
+
+    cfg = PretrainConfig(method="moco", arch="cnn_tiny", batch_size=64, moco_bn_splits=8, moco_queue=64, proj_dim=8)
+    m = MoCoModel(build_encoder("cnn_tiny"), cfg)
+    epoch0 = m.key_shuffles(5, torch.Generator().manual_seed(derived_seed("moco-key-shuffle", 0, 0)))
+    again = m.key_shuffles(5, torch.Generator().manual_seed(derived_seed("moco-key-shuffle", 0, 0)))
+    epoch1 = m.key_shuffles(5, torch.Generator().manual_seed(derived_seed("moco-key-shuffle", 0, 1)))
+    assert torch.equal(epoch0, again)
+    assert len({tuple(p.tolist()) for p in epoch0}) == 5 and not torch.equal(epoch0, epoch1)
+    assert all(torch.equal(p.sort().values, torch.arange(64)) for p in epoch0)  # each a permutation
+    _, log = pretrain(_images(64), PretrainConfig(method="moco", arch="cnn_tiny", epochs=2, batch_size=32, moco_bn_splits=4,
+                                                  moco_queue=64, amp=False, device="cpu"), progress=False)
+    assert len(log) == 2 and all(e["loss"] == e["loss"] for e in log)  # trains (finite losses) with per-step shuffles
     with pytest.raises(ValueError, match="divide batch_size"):
         PretrainConfig(method="moco", batch_size=60, moco_bn_splits=8)
 

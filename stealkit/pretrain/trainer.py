@@ -24,7 +24,7 @@ from stealkit.models.encoder import Encoder, build_encoder, embed
 from stealkit.pretrain.config import PretrainConfig
 from stealkit.pretrain.heads import projection_head
 from stealkit.pretrain.split_bn import split_batchnorm, unsplit_batchnorm
-from stealkit.runtime import autocast, pick_device, seed_everything
+from stealkit.runtime import autocast, derived_seed, pick_device, seed_everything
 from stealkit.training import TrainState, epoch_generator, make_optimizer, prepare_model, seed_epoch
 
 
@@ -45,8 +45,9 @@ class MoCoModel(nn.Module):
     """Query encoder+head trained by gradient; key encoder+head an EMA of them; a K×proj_dim queue.
 
     Shuffling BN (MoCo, Section 3.3) on one device: every BatchNorm normalises `moco_bn_splits`
-    sub-batches separately, and keys are computed in a fixed shuffled order (`key_perm`), so a key is
-    normalised with other images than its query (split_bn.py)."""
+    sub-batches separately, and the keys of each step are computed in a freshly shuffled order (`perm`,
+    drawn per step from the seed and the epoch), so a key is normalised with other images than its
+    query (split_bn.py), and with other images at every step."""
 
     def __init__(self, encoder: Encoder, cfg: PretrainConfig):
         super().__init__()
@@ -62,15 +63,19 @@ class MoCoModel(nn.Module):
         g = torch.Generator().manual_seed(cfg.seed)
         self.register_buffer("queue", nn.functional.normalize(torch.randn(cfg.moco_queue, cfg.proj_dim, generator=g), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        perm = torch.randperm(cfg.batch_size, generator=g) if shuffle else torch.arange(cfg.batch_size)
-        self.register_buffer("key_perm", perm, persistent=False)  # derived from the seed: not part of the saved state
-        self.register_buffer("key_unperm", torch.argsort(perm), persistent=False)
+        self.shuffle, self.batch_size = shuffle, cfg.batch_size
 
-    def keys(self, v2: torch.Tensor) -> torch.Tensor:
-        """Key embeddings N×proj_dim of the second views, computed in shuffled order, returned in order."""
-        if len(v2) != len(self.key_perm):
-            raise ValueError(f"MoCo batch of {len(v2)} images; the model was built for batch_size={len(self.key_perm)}")
-        return self.key_head(self.key_encoder(v2[self.key_perm]))[self.key_unperm]
+    def key_shuffles(self, steps: int, generator: torch.Generator) -> torch.Tensor:
+        """One key order per step -> steps×B (identity orders when shuffling BN is off)."""
+        if not self.shuffle:
+            return torch.arange(self.batch_size).expand(steps, -1).contiguous()
+        return torch.stack([torch.randperm(self.batch_size, generator=generator) for _ in range(steps)])
+
+    def keys(self, v2: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        """Key embeddings N×proj_dim of the second views, computed in the order `perm`, returned in order."""
+        if len(v2) != len(perm):
+            raise ValueError(f"MoCo batch of {len(v2)} images with a key order of {len(perm)}")
+        return self.key_head(self.key_encoder(v2[perm]))[torch.argsort(perm)]
 
     @torch.no_grad()
     def _momentum_update(self) -> None:
@@ -88,11 +93,11 @@ class MoCoModel(nn.Module):
         self.queue[idx] = nn.functional.normalize(k.float(), dim=1)
         self.ptr.copy_((self.ptr + n) % size)
 
-    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
         q = self.head(self.encoder(v1)).float()
         with torch.no_grad():
             self._momentum_update()
-            k = self.keys(v2).float()
+            k = self.keys(v2, perm).float()
         loss = moco_infonce(q, k, self.queue.clone(), self.temperature)
         self._enqueue(k)
         return loss
@@ -124,9 +129,9 @@ def pretrain(
     opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device, capturable=use_graph)
     step_loss = torch.compile(model.loss) if cfg.compile else model.loss
 
-    def body(v1, v2):
+    def body(v1, v2, *perm):  # perm: MoCo's key order of this step
         with autocast(device, cfg.amp, cache=not use_graph):
-            loss = step_loss(v1, v2)
+            loss = step_loss(v1, v2, *perm)
         return loss, loss.detach()
 
     step = TrainStep(model, opt, body, use_graph=use_graph)
@@ -143,10 +148,14 @@ def pretrain(
         seed_epoch(cfg.seed, epoch)
         perm = torch.randperm(n, generator=epoch_generator(cfg.seed, epoch)).to(device)
         V1, V2 = aug.apply_all(X, dtype=view_dtype), aug.apply_all(X, dtype=view_dtype)
+        shuffles = None
+        if cfg.method == "moco":  # a fresh key order every step, reproducible from (seed, epoch)
+            g = torch.Generator().manual_seed(derived_seed("moco-key-shuffle", cfg.seed, epoch))
+            shuffles = model.key_shuffles(steps, g).to(device)
         total = torch.zeros((), device=device)
         for i in range(steps):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            total += step(V1[idx], V2[idx])
+            total += step(V1[idx], V2[idx], *([shuffles[i]] if shuffles is not None else []))
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -173,8 +182,8 @@ def knn_monitor(train_images, train_labels, test_images, test_labels, k: int = 2
     from stealkit.probes.knn import knn_accuracy
 
     def run(encoder: Encoder) -> float:
-        tr = embed(encoder, train_images, batch_size, amp=True)
-        te = embed(encoder, test_images, batch_size, amp=True)
+        tr = embed(encoder, train_images, batch_size, amp=True, fast=True)
+        te = embed(encoder, test_images, batch_size, amp=True, fast=True)
         return float(knn_accuracy(tr, train_labels, te, test_labels, k=k, num_classes=int(train_labels.max()) + 1))
 
     return run
