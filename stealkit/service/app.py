@@ -164,8 +164,20 @@ def run_server(settings: ServiceSettings, *, encoder=None, defence=None, log_lev
         if encoder is not None or defence is not None:
             raise ValueError("several workers load the encoder from settings.checkpoint; do not pass encoder/defence objects")
         os.environ.update(settings.to_env())
-        # a worker importing torch and loading the model on busy cores can take a while to answer the supervisor's pings
-        uvicorn.run("stealkit.service.app:create_app", factory=True, workers=workers, timeout_worker_healthcheck=120, **common)
+        metrics_dir = None
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # every worker's counts, added up by any worker's /metrics
+            import tempfile
+
+            metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stealkit-metrics-")
+        # A worker importing torch and loading the model on busy cores can take a while to answer the supervisor's
+        # pings (uvicorn's 5 s default kills it again and again); a worker that dies is replaced within this long.
+        try:
+            uvicorn.run("stealkit.service.app:create_app", factory=True, workers=workers, timeout_worker_healthcheck=30, **common)
+        finally:
+            if metrics_dir is not None:
+                import shutil
+
+                shutil.rmtree(metrics_dir, ignore_errors=True)
         return
     from stealkit.service.protocol import GuardedH11Protocol
 

@@ -92,7 +92,7 @@ class _Tx:
 class Database:
     """A pool of connections to one SQLite file (or in-memory database) or one PostgreSQL database."""
 
-    def __init__(self, dialect: str, target: str, max_idle: int = 8):
+    def __init__(self, dialect: str, target: str, max_idle: int = 32):
         self.dialect, self.target, self.max_idle = dialect, target, max_idle
         self.pg = dialect == "postgresql"
         self.types = PG_TYPES if self.pg else SQLITE_TYPES
