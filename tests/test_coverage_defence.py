@@ -115,3 +115,32 @@ def test_sybil_spreads_queries_and_aligns_per_account_transforms():
     mapping = fit_alignment(y1[:80], y0[:80], "affine")
     assert torch.allclose(mapping(y1[80:]), y0[80:], atol=1e-3 * y0.abs().max().item())
     assert not torch.allclose(y1, y0, atol=1e-2)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request, tmp_path):
+    from stealkit.service.testing import ledger_url
+
+    with ledger_url(request.param, tmp_path) as url:
+        yield url
+
+
+def test_state_is_shared_by_instances_on_one_database(state_url):
+    """Two workers' defences on the ledger's database act as one: alternating calls give bitwise the
+    answers of a single defence (counts, buckets and noise streams are the shared state), and
+    concurrent calls lose no query or bucket."""
+    import threading
+
+    sweep, _ = _sweep_and_narrow(n=240)
+    kw = dict(num_planes=6, transform="affine", alpha=1.0, lam=0.01)
+    w1, w2, single = CoverageDefence(db_path=state_url, **kw), CoverageDefence(db_path=state_url, **kw), CoverageDefence(**kw)
+    for i in range(0, 120, 20):
+        worker = w1 if (i // 20) % 2 == 0 else w2
+        assert torch.equal(worker(sweep[i : i + 20], account="x"), single(sweep[i : i + 20], account="x"))
+    assert w1.stats("x") == w2.stats("x") == single.stats("x")
+    threads = [threading.Thread(target=lambda j=j: (w1 if j % 2 else w2)(sweep[120 + 10 * j : 130 + 10 * j], account="y")) for j in range(12)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    whole = CoverageDefence(**kw)
+    whole(sweep[120:], account="y")
+    assert w1.stats("y") == whole.stats("y") and w1.stats("y")["queries"] == 120

@@ -120,3 +120,10 @@ def test_interrupted_attack_resumes_from_cache_without_second_charge(tmp_path):
         assert u["queries"] == 40 and u["requests"] == 5  # 3 + 2 batches: nothing paid twice
         second.close()
         third.close()
+
+
+def test_a_request_timeout_408_is_retried_with_the_same_key():
+    script = [lambda r: httpx.Response(408, json={"detail": "the request body did not arrive within 60 s"})]
+    t, calls, sleeps = mock_target(script)
+    assert t.embed(imgs(2)).shape == (2, 4) and len(calls) == 2 and t.retried == 1
+    assert calls[0].headers["idempotency-key"] == calls[1].headers["idempotency-key"]
