@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stealkit.data.imageset import ImageSet
 from stealkit.models.encoder import Encoder
 from stealkit.registry import registrar
 from stealkit.targets.base import Target
+from stealkit.userinput import UserError, describe_with_fields
 
 ATTACKS: dict[str, type["Attack"]] = {}
 register_attack = registrar(ATTACKS)  # @register_attack("name") on a class registers it
@@ -51,7 +52,7 @@ class Attack:
         given = {**(config or {}), **overrides}
         for key, value in self.fixed.items():
             if key in given and given[key] != value:
-                raise ValueError(f"attack {self.name!r} is defined by {key}={value!r}; it cannot be set to {given[key]!r}")
+                raise UserError(f"attack {self.name!r} is defined by {key}={value!r}; it cannot be set to {given[key]!r}")
         self.config = self.Config(**{**given, **self.fixed})
 
     @classmethod
@@ -71,11 +72,20 @@ class Attack:
         raise NotImplementedError
 
 
-def build_attack(name: str, config: dict | None = None) -> Attack:
+def attack_class(name: str) -> type[Attack]:
     if name not in ATTACKS:
         import difflib
 
         close = difflib.get_close_matches(name, ATTACKS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown attack {name!r}{hint}; choose one of {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](config or {})
+        raise UserError(f"unknown attack {name!r}{hint}; choose one of {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name]
+
+
+def build_attack(name: str, config: dict | None = None) -> Attack:
+    """Registry entry point; a bad setting is a UserError naming it (with "did you mean")."""
+    cls = attack_class(name)
+    try:
+        return cls(config or {})
+    except ValidationError as exc:
+        raise UserError(f"attack {name!r}: {describe_with_fields(exc, cls.Config, 'config')}") from None

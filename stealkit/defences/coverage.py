@@ -29,13 +29,16 @@ Shapes: features float N×D (D fixed at the first call), images ignored -> float
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from stealkit.defences.base import Defence, register_defence
+from stealkit.defences.base import Defence, DefenceConfig, register_defence
 from stealkit.runtime import derived_seed
 from stealkit.service.db import Database
 
@@ -63,8 +66,31 @@ def noise_curve(coverage: np.ndarray | float, curve: str = "exp", alpha: float =
     raise ValueError(f"unknown noise curve {curve!r}; choose from {CURVES}")
 
 
+class CoverageConfig(DefenceConfig):
+    num_planes: int = Field(12, ge=1, le=40)  # 2^num_planes LSH buckets
+    db_path: str = ":memory:"  # where per-account state lives (a SQLite path, ":memory:", or a database URL)
+    curve: Literal["exp", "linear", "none"] = "exp"
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(0.5, gt=0)
+    lam: float = Field(0.01, ge=0)
+    relative: bool = True
+    transform: Literal["affine", "rotation", "shuffle", "none"] = "affine"
+    bias_scale: float = Field(1.0, ge=0)
+    secret: str = "stealkit-b4b"
+    seed: int = 0
+
+
 @register_defence("coverage")
 class CoverageDefence(Defence):
+    Config = CoverageConfig
+
+    def identity(self) -> dict:
+        """The settings without where the state is stored nor the secret (which must not leave the server)."""
+        out = super().identity()
+        out.pop("db_path", None)
+        out["secret"] = hashlib.sha256(self.config.secret.encode()).hexdigest()[:16]
+        return out
+
     def __init__(
         self,
         num_planes: int = 12,
@@ -79,6 +105,8 @@ class CoverageDefence(Defence):
         secret: str = "stealkit-b4b",
         seed: int = 0,
     ):
+        self.config = CoverageConfig(num_planes=num_planes, db_path=str(db_path), curve=curve, alpha=alpha, beta=beta, lam=lam,
+                                     relative=relative, transform=transform, bias_scale=bias_scale, secret=secret, seed=seed)
         if not 1 <= int(num_planes) <= 40:
             raise ValueError(f"num_planes must be in [1, 40], got {num_planes}")
         if curve not in CURVES:

@@ -6,25 +6,31 @@ features N×D -> N×D. `seed` makes the draws reproducible (one generator for th
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from stealkit.defences.base import Defence, register_defence
+from stealkit.defences.base import Defence, DefenceConfig, register_defence
+
+
+class NoiseConfig(DefenceConfig):
+    sigma: float = Field(ge=0)  # standard deviation per entry
+    seed: int | None = None  # None: a fresh random stream
 
 
 @register_defence("noise")
 class GaussianNoise(Defence):
-    def __init__(self, sigma: float, seed: int | None = None):
-        if float(sigma) < 0:
-            raise ValueError(f"noise needs sigma >= 0, got {sigma}")
-        self.sigma = float(sigma)
+    Config = NoiseConfig
+
+    def setup(self) -> None:
         self.generator = torch.Generator()
-        if seed is None:
+        if self.config.seed is None:
             self.generator.seed()
         else:
-            self.generator.manual_seed(int(seed))
+            self.generator.manual_seed(int(self.config.seed))
+
+    @property
+    def sigma(self) -> float:
+        return self.config.sigma
 
     def __call__(self, features: torch.Tensor, *, images=None, account: str = "anonymous") -> torch.Tensor:
         noise = torch.randn(features.shape, generator=self.generator, dtype=torch.float32)
         return features + self.sigma * noise.to(features.device, features.dtype)
-
-    def __repr__(self) -> str:
-        return f"GaussianNoise(sigma={self.sigma})"

@@ -15,63 +15,79 @@ the attacker's settings) is the experiment layer's job: `stealkit.experiment.sha
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_serializer, field_validator
 
-from stealkit.defences.base import Defence, register_defence
+from stealkit.defences.base import Defence, DefenceConfig, register_defence
 from stealkit.losses.distance import feature_distance
 from stealkit.losses.stolen_encoder import StolenEncoderLossConfig
 
 NORMS = {"l2": "l2", "2": "l2", "2.0": "l2", "linf": "linf", "inf": "linf", "l_inf": "linf"}
 
 
+class PoisoningConfig(DefenceConfig):
+    shadow: Any  # the shadow encoder f_s' (an Encoder) or its checkpoint path
+    epsilon: float = Field(ge=0)  # the ℓp budget of δ
+    norm: Literal["l2", "linf", "2", "2.0", "inf", "l_inf"] = "l2"
+    lam: float = Field(StolenEncoderLossConfig().lam, ge=0)  # the attacker's λ
+    distance: Literal["l2", "l1", "cosine"] = StolenEncoderLossConfig().distance
+    normalize: bool = StolenEncoderLossConfig().normalize
+    augment: str = "flip+jitter+gray"  # StolenEncoder's A (Section V-A)
+    steps: int = Field(10, ge=1)  # projected gradient ascent steps per query
+    step_size: float | None = Field(None, gt=0)  # default 2.5·ε/steps
+    random_start: bool = True
+    device: str | None = None
+    batch_size: int = Field(256, ge=1)
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _norm(cls, v):
+        return str(v).lower()
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow(cls, v):
+        if isinstance(v, dict):
+            raise ValueError("shadow is a training spec; resolve it first (stealkit.experiment.shadows.resolve_defence) "
+                             "or give an encoder checkpoint path")
+        if not isinstance(v, (str, Path, torch.nn.Module)):
+            raise ValueError(f"shadow must be an encoder or a checkpoint path, got {type(v).__name__}")
+        return str(v) if isinstance(v, Path) else v
+
+    @field_serializer("shadow")
+    def _shadow_identity(self, v):
+        if isinstance(v, torch.nn.Module):
+            from stealkit.probes.features import encoder_fingerprint
+
+            return "encoder:" + encoder_fingerprint(v)
+        return str(v)
+
+
 @register_defence("poisoning")
 class FeaturePoisoning(Defence):
-    """shadow: an Encoder or a checkpoint path; epsilon: the ℓp budget; norm: "l2" or "linf"."""
+    """Eq. (10) against the shadow `shadow` (an Encoder or a checkpoint path), ‖δ‖_p ≤ `epsilon`."""
 
-    def __init__(
-        self,
-        shadow,
-        epsilon: float,
-        norm: str | int | float = "l2",
-        lam: float | None = None,
-        distance: str | None = None,
-        normalize: bool | None = None,
-        augment: str | None = None,
-        steps: int = 10,
-        step_size: float | None = None,
-        random_start: bool = True,
-        device: str | None = None,
-        batch_size: int = 256,
-    ):
+    Config = PoisoningConfig
+
+    def setup(self) -> None:
         from stealkit.augment import Augmenter
         from stealkit.runtime import pick_device
 
-        norm_key = str(norm).lower()
-        if norm_key not in NORMS:
-            raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
-        if epsilon < 0 or steps < 1:
-            raise ValueError(f"need epsilon >= 0 and steps >= 1, got {epsilon}, {steps}")
-        self.device = pick_device(device)
-        if isinstance(shadow, dict):
-            raise ValueError("poisoning: shadow is a training spec; resolve it first (stealkit.experiment.shadows.resolve_defence)"
-                             " or give an encoder checkpoint path")
-        defaults = StolenEncoderLossConfig()  # the attacker's StolenEncoder defaults, unless told otherwise
-        lam = defaults.lam if lam is None else lam
-        distance = defaults.distance if distance is None else distance
-        normalize = defaults.normalize if normalize is None else normalize
-        augment = "flip+jitter+gray" if augment is None else augment  # StolenEncoder's A (Section V-A)
-        if isinstance(shadow, (str, Path)):
+        c = self.config
+        self.device = pick_device(c.device)
+        shadow = c.shadow
+        if isinstance(shadow, str):
             from stealkit.models.checkpoint import load_encoder
 
             shadow = load_encoder(shadow, device=self.device)
         self.shadow = shadow.to(self.device).eval()
-        self.epsilon, self.norm, self.lam = float(epsilon), NORMS[norm_key], float(lam)
-        self.distance, self.normalize, self.steps = distance, bool(normalize), int(steps)
-        self.step_size = float(step_size) if step_size is not None else 2.5 * self.epsilon / self.steps
-        self.random_start, self.batch_size = bool(random_start), int(batch_size)
-        self.augment = Augmenter(augment, size=self.shadow.spec.input_size).to(self.device)
-        feature_distance(torch.zeros(1, 2), torch.ones(1, 2), distance, False)  # fail now on an unknown distance
+        self.epsilon, self.norm, self.lam = float(c.epsilon), NORMS[c.norm], float(c.lam)
+        self.distance, self.normalize, self.steps = c.distance, bool(c.normalize), int(c.steps)
+        self.step_size = float(c.step_size) if c.step_size is not None else 2.5 * self.epsilon / self.steps
+        self.random_start, self.batch_size = bool(c.random_start), int(c.batch_size)
+        self.augment = Augmenter(c.augment, size=self.shadow.spec.input_size).to(self.device)
 
     @torch.no_grad()
     def shadow_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +148,3 @@ class FeaturePoisoning(Defence):
         s_clean, s_aug = self.shadow_features(images)
         delta = self.solve(features, s_clean, s_aug)
         return (features.float() + delta.to(features.device)).to(features.dtype)
-
-    def __repr__(self) -> str:
-        return f"FeaturePoisoning(epsilon={self.epsilon}, norm={self.norm}, lam={self.lam}, steps={self.steps})"
