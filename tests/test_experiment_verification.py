@@ -88,10 +88,13 @@ def test_watermark_skipped_without_head(tmp_path, checkpoints):
     run = _stub_run(tmp_path, str(independent), _verify_block())
     from stealkit.models.checkpoint import load_encoder
 
+    from stealkit.experiment.rows import Row, RowResult
+
     enc = load_encoder(independent)
-    rows = [{"key": "r0", "label": "self", "victim_key": "v", "encoder": enc}]
-    verify_rows(run, {"v": (enc, {"checkpoint": str(independent)})}, rows, "cpu")
-    v = rows[0]["verification"]
+    row = Row(victim={"checkpoint": str(independent)}, attack={"name": "stolenencoder"}, surrogate={}, defence=None, sweep=None)
+    rows = [RowResult(row=row, key="r0", label="self", victim="v", queries=0, cost=0.0, surrogate="-", surrogate_size=0, encoder=enc)]
+    verify_rows(run, {row.victim_key: (enc, {"checkpoint": str(independent)})}, rows, "cpu")
+    v = rows[0].verification
     assert v["watermark"]["p_value"] is None and "no watermark head" in v["watermark"]["skipped"]
     assert 0.0 <= v["dataset_inference"]["p_value"] <= 1.0
 

@@ -122,8 +122,8 @@ def test_config_errors_are_loud(tmp_path):
     with pytest.raises(Exception, match="exactly one"):
         ExperimentConfig(victim={"label": "x"})
     p.write_text(yaml.safe_dump({"victim": TINY_VICTIM}))
-    cfg = load_config(p, ["attack.config.epochs=3", "surrogate.limit=10"])
-    assert cfg.attack_list()[0].config == {"epochs": 3} and cfg.surrogate.limit == 10
+    cfg = load_config(p, ["attack.config.epochs=3", "surrogate.limit=100"])
+    assert cfg.attack_list()[0].config == {"epochs": 3} and cfg.surrogate.limit == 100
 
 
 def test_set_dotted_walks_lists():
@@ -135,16 +135,16 @@ def test_set_dotted_walks_lists():
 def test_pretrain_encoder_baseline_uses_the_attackers_seed_not_the_victims():
     """Table X's pre-training-encoder copies the victim's SimCLR settings, but not its seed: with the
     victim's seed and architecture it would start from the victim's own initial weights."""
-    from stealkit.experiment.runner import _attack_config
+    from stealkit.experiment.runner import attack_config
 
     for seed in (0, 7):  # 0: the experiment's seed equals the victim's (both defaults)
         cfg = tiny_config(seed=seed, attack={"name": "pretrain-encoder", "config": {"epochs": 1}})
         row = cfg.rows()[0]
-        conf = _attack_config(row, {}, cfg)
-        assert row["victim"]["pretrain"]["seed"] == 0 and conf["seed"] != 0
+        conf = attack_config(row)
+        assert row.victim["pretrain"]["seed"] == 0 and conf["seed"] != 0
         assert conf["method"] == "simclr" and conf["epochs"] == 1 and "device" not in conf and "data" not in conf
     explicit = tiny_config(attack={"name": "pretrain-encoder", "config": {"epochs": 1, "seed": 5}})
-    assert _attack_config(explicit.rows()[0], {}, explicit)["seed"] == 5
+    assert attack_config(explicit.rows()[0])["seed"] == 5
 
 
 def test_cached_simclr_victims_keep_their_key():

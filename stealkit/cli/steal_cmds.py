@@ -18,6 +18,8 @@ def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root:
     from stealkit.experiment.config import load_config
     from stealkit.experiment.runner import run_experiment
 
+    from stealkit.userinput import UserError
+
     apply_data_root(data_root)
     try:
         cfg = load_config(config_path, set_)
@@ -25,7 +27,10 @@ def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root:
         fail(f"bad config {config_path}: {exc}")
     if data_root:
         cfg = cfg.model_copy(update={"data_root": data_root})
-    results = run_experiment(cfg, run_dir, echo=echo)
+    try:
+        results = run_experiment(cfg, run_dir, echo=echo)
+    except UserError as exc:
+        fail(str(exc))
     print_results(results)
     out = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
     console.print(f"run directory: {out}  (results.json, report.md, plot.png)")

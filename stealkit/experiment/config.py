@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stealkit.pretrain.config import DataSpec, PretrainConfig
 
@@ -57,8 +57,8 @@ class DownstreamSpec(Strict):
     name: str
     train_split: str = "train"
     test_split: str = "test"
-    train_limit: int | None = None
-    test_limit: int | None = None
+    train_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
     root: str | None = None
 
 
@@ -86,6 +86,7 @@ class ExperimentConfig(Strict):
     name: str = "experiment"
     description: str = ""
     seed: int = 0
+    seeds: list[int] | None = None  # repeat every row with each seed (attack and probe randomness); reports mean ± std
     device: str = "auto"
     data_root: str | None = None
     output_dir: str = "runs"
@@ -96,12 +97,12 @@ class ExperimentConfig(Strict):
     attack: AttackSpec | None = None
     attacks: list[AttackSpec] | None = None
     surrogate: SurrogateSpec = SurrogateSpec(name="tiny_imagenet32", fraction_of_victim=0.05)
-    budget: int | None = None
+    budget: int | None = Field(None, ge=0)
     normalize_answers: bool = False  # the API L2-normalises its answers before any defence (the StolenEncoder authors' API does)
-    price_per_1000: float = 1.2  # Clarifai's price in the paper, $ per 1,000 queries
+    price_per_1000: float = Field(1.2, ge=0)  # Clarifai's price in the paper, $ per 1,000 queries
     downstream: list[DownstreamSpec] = [DownstreamSpec(name="gtsrb")]
     probe: ProbeSpec = ProbeSpec()
-    fidelity_limit: int = 1000  # held-out downstream test images used for cosine fidelity
+    fidelity_limit: int = Field(1000, ge=1)  # held-out downstream test images used for cosine fidelity
     target: TargetSpec | None = None
     sweep: SweepSpec | None = None
     verify: dict[str, Any] | None = None  # ownership checks on every stolen encoder (see experiment/verification.py)
@@ -115,6 +116,8 @@ class ExperimentConfig(Strict):
             raise ValueError("give 'attack' or 'attacks', not both")
         if self.defence is not None and self.defences is not None:
             raise ValueError("give 'defence' or 'defences', not both")
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("seeds: give at least one seed, or leave it out")
         return self
 
     def defence_list(self) -> list[dict | None]:
@@ -126,53 +129,85 @@ class ExperimentConfig(Strict):
     def attack_list(self) -> list[AttackSpec]:
         return self.attacks or [self.attack or AttackSpec()]
 
-    def rows(self) -> list[dict]:
-        """Expand into rows: {"victim", "attack", "surrogate", "defence", "sweep"} plain dicts,
-        victims × defences × attacks × sweep values."""
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    def rows(self) -> list["Row"]:
+        """Expand into rows: victims × defences × attacks × sweep values × seeds."""
+        from stealkit.experiment.rows import Row
+
         out = []
         for v in self.victim_list():
             for d in self.defence_list():
                 for a in self.attack_list():
                     for value in self.sweep.values if self.sweep else [None]:
-                        row = {
-                            "victim": v.model_dump(),
-                            "attack": a.model_dump(),
-                            "surrogate": self.surrogate.model_dump(),
-                            "defence": copy.deepcopy(d) if d and d.get("name", "none") != "none" else None,
-                            "sweep": None,
-                        }
-                        if self.sweep:
-                            set_dotted(row, self.sweep.param, value)
-                            row["sweep"] = {"param": self.sweep.param, "value": value}
-                        out.append(row)
+                        for seed in self.seed_list():
+                            row = {
+                                "victim": v.model_dump(),
+                                "attack": a.model_dump(),
+                                "surrogate": self.surrogate.model_dump(),
+                                "defence": copy.deepcopy(d) if d and d.get("name", "none") != "none" else None,
+                                "sweep": None,
+                            }
+                            if self.sweep:
+                                set_dotted(row, self.sweep.param, value)
+                                row["sweep"] = {"param": self.sweep.param, "value": value}
+                            out.append(Row(**row, seed=seed))
         return out
 
 
 def set_dotted(d: dict, path: str, value: Any) -> None:
     """set_dotted(cfg, "attacks.0.config.epochs", 5): dots walk dicts; integer parts index lists."""
+    from stealkit.userinput import UserError
+
     keys = path.split(".")
-    for k in keys[:-1]:
+    try:
+        for k in keys[:-1]:
+            if isinstance(d, list):
+                d = d[int(k)]
+                continue
+            if not isinstance(d, dict):
+                raise TypeError
+            if d.get(k) is None:
+                d[k] = {}
+            d = d[k]
         if isinstance(d, list):
-            d = d[int(k)]
-            continue
-        if d.get(k) is None:
-            d[k] = {}
-        d = d[k]
-    if isinstance(d, list):
-        d[int(keys[-1])] = value
-    else:
-        d[keys[-1]] = value
+            d[int(keys[-1])] = value
+        elif isinstance(d, dict):
+            d[keys[-1]] = value
+        else:
+            raise TypeError
+    except (TypeError, ValueError, IndexError):
+        raise UserError(f"cannot set {path!r}: {'.'.join(keys[:-1]) or path} is not a mapping or list there") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read YAML, apply `key.sub=value` overrides (values parsed as YAML), validate."""
+def load_config(path: str | Path, overrides: list[str] | None = None, *, validate: bool = True) -> ExperimentConfig:
+    """Read YAML, apply `key.sub=value` overrides (values parsed as YAML), validate the config and every
+    row it expands into (attack, defence, probe and verify settings) before any work: a mistake is a
+    UserError naming each problem."""
+    from pydantic import ValidationError
+
+    from stealkit.userinput import UserError, describe_with_fields, parse_assignments
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config {path} not found; see configs/ for examples")
-    raw = yaml.safe_load(path.read_text()) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, value = item.split("=", 1)
-        set_dotted(raw, key, yaml.safe_load(value))
-    return ExperimentConfig(**raw)
+        raise UserError(f"config {path} not found; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a config is a mapping of keys (name, victim, attack, ...), got {type(raw).__name__}")
+    for key, value in parse_assignments(overrides or []):
+        set_dotted(raw, key, value)
+    try:
+        cfg = ExperimentConfig(**raw)
+    except ValidationError as exc:
+        raise UserError(describe_with_fields(exc, ExperimentConfig)) from None
+    if validate:
+        from stealkit.experiment.validate import validate_config
+
+        validate_config(cfg)
+    return cfg

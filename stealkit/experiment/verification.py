@@ -254,9 +254,9 @@ def _fmt(res: dict) -> str:
     return f"p={p:.2g}{extra} -> {res['verdict']}"
 
 
-def verify_rows(run, victims: dict, rows: list[dict], device) -> None:
-    """Run the `verify:` checks of `run.cfg` on every stolen encoder in `rows` (and the references);
-    sets row["verification"] and writes verification.json into the run directory."""
+def verify_rows(run, victims: dict, rows: list, device) -> None:
+    """Run the `verify:` checks of `run.cfg` on every stolen encoder in `rows` (RowResults) and the references;
+    sets each row's `verification` and writes verification.json into the run directory."""
     spec = parse_verify(run.cfg.verify)
     if spec is None:
         return
@@ -270,12 +270,12 @@ def verify_rows(run, victims: dict, rows: list[dict], device) -> None:
         for name, res in refs.items():
             run.echo(f"verify {name}: {_fmt(res)}")
     for r in rows:
-        checks, refs = per_victim[r["victim_key"]]
-        res = checks.check(r["encoder"])
+        checks, refs = per_victim[r.victim_key]
+        res = checks.check(r.encoder)
         for name, val in res.items():
-            run.echo(f"verify {name} of {r['label']}: {_fmt(val)}")
-        r["verification"] = {**res, **refs}
-        summary["rows"][r["key"]] = {"label": r["label"], "victim_key": r["victim_key"], **res}
-        run.metric(stage="verify", row=r["key"], **{k: v.get("p_value") for k, v in res.items()})
+            run.echo(f"verify {name} of {r.label}: {_fmt(val)}")
+        r.verification = {**res, **refs}
+        summary["rows"][r.key] = {"label": r.label, "victim_key": r.victim_key, **res}
+        run.metric(stage="verify", row=r.key, **{k: v.get("p_value") for k, v in res.items()})
     summary["seconds"] = time.perf_counter() - t0
     (run.dir / "verification.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -61,6 +61,32 @@ def evaluate_feature_sets(train_feats: Sequence[torch.Tensor], train_labels, tes
     raise ValueError(f"unknown probe {probe!r}; choose one of {PROBES}")
 
 
+def validate_probe(kind: str, config: dict) -> None:
+    """Check a probe's kind and settings without training (ValueError naming the problem)."""
+    from stealkit.probes.linear import LinearConfig
+    from stealkit.probes.mlp import MLPConfig
+
+    if kind not in PROBES:
+        import difflib
+
+        close = difflib.get_close_matches(kind, PROBES, n=1)
+        raise ValueError(f"unknown probe {kind!r}{f' (did you mean {close[0]!r}?)' if close else ''}; choose one of {', '.join(PROBES)}")
+    config = dict(config or {})
+    if kind == "knn":
+        unknown = set(config) - {"k", "temperature", "T", "max_elements"}
+        if unknown:
+            raise ValueError(f"unknown knn probe settings {sorted(unknown)}; known: k, temperature (T), max_elements")
+        if int(config.get("k", 200)) < 1 or float(config.get("temperature", config.get("T", 0.1))) <= 0:
+            raise ValueError("knn probe needs k >= 1 and temperature > 0")
+        return
+    c = (MLPConfig if kind == "mlp" else LinearConfig).make(**config)
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"{kind} probe {name} must be >= 1, got {getattr(c, name)}")
+    if c.lr is not None and c.lr <= 0:
+        raise ValueError(f"{kind} probe lr must be > 0, got {c.lr}")
+
+
 def evaluate_features(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                       test_labels: torch.Tensor, probe: str = "mlp", num_classes: int | None = None,
                       device: torch.device | str | None = None, **probe_cfg) -> dict:
