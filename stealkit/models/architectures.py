@@ -104,6 +104,34 @@ def shufflenet_v2(cifar_stem: bool = True):
 
 TORCHVISION_PREFIX, TIMM_PREFIX = "torchvision:", "timm:"
 
+ARCH_NOTES = {
+    "resnet18": "ResNet18 (torchvision layout; CIFAR stem optional)", "resnet34": "ResNet34 (CIFAR stem optional)",
+    "resnet50": "ResNet50 (CIFAR stem optional)", "vgg19": "VGG19 features + global pooling", "vgg19_bn": "VGG19-BN features + global pooling",
+    "densenet121": "DenseNet121 (CIFAR stem optional)", "mobilenet_v2": "MobileNetV2 (CIFAR stem optional)",
+    "shufflenet_v2": "ShuffleNetV2 x1.0 (CIFAR stem optional)", "cnn_tiny": "small CNN for laptops (64-d)", "cnn_small": "small CNN (128-d)",
+}
+
+
+def arch_info(name: str) -> dict:
+    """Expected input of an architecture: {input_size, normalisation or mean/std, note}. Registry names are
+    CIFAR-sized (32 px, CIFAR-10 mean/std, the CIFAR stem); torchvision: ImageNet's 224 px and mean/std;
+    timm: the model's own pretrained config."""
+    if name.startswith(TIMM_PREFIX):
+        try:
+            import timm
+
+            cfg = timm.get_pretrained_cfg(name[len(TIMM_PREFIX):])
+            if cfg is not None:
+                d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+                size = d.get("input_size", (3, 224, 224))[-1]
+                return {"input_size": size, "mean": tuple(d.get("mean", ())), "std": tuple(d.get("std", ())), "normalisation": "model's own", "note": "timm"}
+        except ImportError:
+            pass
+        return {"input_size": 224, "mean": None, "std": None, "normalisation": "imagenet", "note": "timm"}
+    if name.startswith(TORCHVISION_PREFIX):
+        return {"input_size": 224, "normalisation": "imagenet", "note": "torchvision"}
+    return {"input_size": 32, "normalisation": "cifar10", "note": ARCH_NOTES.get(name, "")}
+
 
 def _drop_last_linear(net: nn.Module) -> tuple[nn.Module, int]:
     """Replace the last nn.Linear of a torchvision classifier (its ImageNet head) by Identity -> (net, its in_features)."""
