@@ -284,7 +284,7 @@ def test_expired_answers_are_freed_for_every_account_and_replays_need_the_same_s
     # a replay is only given by a server answering with the same model and defence
     ledger_path = str(tmp_path / "srv.sqlite")
     x = imgs(2)
-    same_from_settings = {"name": "noise", "sigma": 0.5}  # the same defence, given as `stealkit serve` gives it
+    same_from_settings = {"name": "noise", "sigma": 0.5, "seed": 0}  # the same defence, given as `stealkit serve` gives it
     cases = ((GaussianNoise(0.5, seed=0), None, 200), (None, same_from_settings, 200), (GaussianNoise(0.9, seed=0), None, 422))
     for defence, spec, expected in cases:
         app = create_app(ServiceSettings(ledger=ledger_path, device="cpu", defence=spec), encoder=encoder, defence=defence)

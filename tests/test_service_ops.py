@@ -96,6 +96,7 @@ def test_readiness_fails_when_the_ledger_is_unreachable(tmp_path, encoder):
     import psycopg
 
     with ledger_url("postgresql", tmp_path) as url:
+        key = Ledger(url).create_account("a")
         app = create_app(ServiceSettings(ledger=url, device="cpu"), encoder=encoder)
         server, _, name = url.rpartition("/")
         with serve_in_thread(app) as base, httpx.Client(base_url=base) as c, psycopg.connect(server + "/postgres", autocommit=True) as admin:
@@ -105,9 +106,37 @@ def test_readiness_fails_when_the_ledger_is_unreachable(tmp_path, encoder):
             r = c.get("/readyz")
             assert r.status_code == 503 and r.json()["status"] == "not ready"
             assert any("ledger unreachable" in reason for reason in r.json()["reasons"])
+            r = c.post("/v1/embeddings", content=imgs(2).numpy().tobytes(), headers=raw_headers(key, imgs(2)))
+            assert r.status_code == 503 and "ledger is unavailable" in r.json()["detail"]  # not a 500
             assert c.get("/livez").status_code == 200
             admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
             assert c.get("/readyz").status_code == 200
+            assert c.post("/v1/embeddings", content=imgs(2).numpy().tobytes(), headers=raw_headers(key, imgs(2))).status_code == 200
+        assert Ledger(url).usage("a").queries == 2
+
+
+def test_a_failing_defence_is_a_json_500_on_a_connection_that_stays_usable(tmp_path, encoder):
+    import socket
+
+    def broken(features, *, images=None, account="anonymous"):
+        raise RuntimeError("the accelerator fell over")
+
+    ledger = str(tmp_path / "l.sqlite")
+    key = Ledger(ledger).create_account("a", quota=10)
+    x = imgs(2)
+    request = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/octet-stream\r\n"
+               f"X-Array-Shape: 2,3,32,32\r\nContent-Length: {x.numel()}\r\n\r\n").encode() + x.numpy().tobytes()
+    with serve_in_thread(create_app(ServiceSettings(ledger=ledger, device="cpu"), encoder=encoder, defence=broken)) as url:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as s:
+            for _ in range(2):  # twice on one connection
+                s.sendall(request)
+                data = b""
+                while b"}" not in data:
+                    chunk = s.recv(65536)
+                    assert chunk, "connection closed after a 500"
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 500") and b"nothing was billed" in data
+    assert Ledger(ledger).records() == [] and Ledger(ledger).usage("a").remaining == 10
 
 
 def test_access_log_is_json_with_request_id_and_account_never_the_key(tmp_path, encoder):

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from stealkit.service import info_routes, routes
+from stealkit.service.db import DatabaseUnavailable
 from stealkit.service.decode import BadInput
 from stealkit.service.ledger import Ledger
 from stealkit.service.settings import ServiceSettings
@@ -108,6 +109,11 @@ def create_app(settings: ServiceSettings | dict | None = None, *, encoder=None, 
         headers = {"Connection": "close"} if exc.status == 408 else None
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def _no_database(request: Request, exc: DatabaseUnavailable):
+        log.error("ledger unavailable: %s", exc)
+        return JSONResponse({"detail": "the ledger is unavailable; nothing was billed, retry shortly"}, status_code=503, headers={"Retry-After": "1"})
+
     return app
 
 
@@ -133,12 +139,13 @@ def _start(settings: ServiceSettings, encoder, defence, metrics) -> ServiceState
     lease.start()
     st = ServiceState(settings=settings, encoder=enc, defence=dfn, ledger=ledger, model_name=name, lease=lease, metrics=metrics)
     if settings.batching:
-        st.batching_mode = batching_mode(enc, st.input_size or 32, settings.batch_max_images, normalize=settings.normalize)
+        max_images = settings.forward_images(next(enc.parameters()).device.type)
+        st.batching_mode = batching_mode(enc, st.input_size or 32, max_images, normalize=settings.normalize)
         if st.batching_mode == "off":
             log.warning("cross-request batching is off: this encoder's answers depend on the batch they are computed in")
         else:
             st.batcher = Batcher(enc, st.feature_dim, mode=st.batching_mode, normalize=settings.normalize,
-                                 max_images=settings.batch_max_images, wait_s=settings.batch_wait_ms / 1000.0,
+                                 max_images=max_images, wait_s=settings.batch_wait_ms / 1000.0,
                                  max_pixels=settings.forward_max_pixels, metrics=metrics)
     st.ready = True
     log.info(

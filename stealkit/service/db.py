@@ -178,8 +178,12 @@ class Database:
                 raise DatabaseUnavailable(f"{self.display}: {exc}") from exc
             raise
         except Exception as exc:
-            if self.pg and type(exc).__module__.startswith("psycopg") and exc.__class__.__name__ in ("OperationalError", "InterfaceError"):
-                raise DatabaseUnavailable(f"{self.display}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__}") from exc
+            if self.pg:
+                import psycopg
+
+                if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                    raise DatabaseUnavailable(f"{self.display}: {first}") from exc
             raise
 
     @contextmanager

@@ -86,6 +86,7 @@ class Lease:
         while not self._stop.wait(self.seconds / 3):
             try:
                 self.renew()
+                self.ledger.retry_cancels()
                 freed = reap(self.ledger)
                 if freed:
                     log.warning("cleared %d reservations of server processes whose lease expired", freed)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stealkit.service.db import Database
+from stealkit.service.db import Database, DatabaseUnavailable
 from stealkit.service.keys import hash_key, key_id_of, key_matches, new_key
 
 SCHEMA = """
@@ -132,6 +132,7 @@ class Ledger:
         self.path = self.db.path  # the SQLite file (None for PostgreSQL or in-memory)
         self.ttl = float(ttl)
         self.owner: str | None = None  # this process's lease (leases.Lease sets it); reservations carry it
+        self._uncancelled: set[int] = set()  # reservations whose cancel could not reach the database
         self.db.create(SCHEMA, ADDED_COLUMNS, INDEXES)
 
     # ---- accounts -------------------------------------------------------------------------
@@ -249,8 +250,25 @@ class Ledger:
                 )
 
     def cancel(self, request_id: int) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM requests WHERE id = ? AND status = 'reserved'", (request_id,))
+        """Delete a reservation. If the database cannot be reached, it is remembered and `retry_cancels`
+        (the lease thread) deletes it later: a live worker's reservation would otherwise never be cleared."""
+        try:
+            with self.db.transaction() as tx:
+                tx.execute("DELETE FROM requests WHERE id = ? AND status = 'reserved'", (request_id,))
+        except DatabaseUnavailable:
+            self._uncancelled.add(request_id)
+            raise
+
+    def retry_cancels(self) -> int:
+        """Delete the reservations whose cancel failed; -> how many are still pending."""
+        for rid in sorted(self._uncancelled):
+            try:
+                with self.db.transaction() as tx:
+                    tx.execute("DELETE FROM requests WHERE id = ? AND status = 'reserved'", (rid,))
+                self._uncancelled.discard(rid)
+            except DatabaseUnavailable:
+                break
+        return len(self._uncancelled)
 
     def forget_expired_answers(self) -> int:
         """Free the stored answers of keyed requests older than the ttl, for every account; -> how many.

@@ -3,7 +3,8 @@
 Every request gets an id: the client's `X-Request-Id` if it is a sane token (1–128 characters of
 letters, digits and `._:-`), else a random `req_<24 hex>` (nothing to count other accounts' requests by);
 it is echoed in the response and written, with the account, in one access-log line per request. Keys are
-never logged (no header is).
+never logged (no header is). An exception no route handled becomes a JSON 500 here, before uvicorn would
+see it and close the keep-alive connection.
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ class AccessLog:
         incoming = incoming_request_id(scope.get("headers", []))
         state["request_id_incoming"] = incoming
         state["request_id"] = incoming or new_request_id()
-        status = [500]
+        status, started_response = [500], [False]
 
         async def send_(message):
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started_response[0] = message["status"], True
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers["X-Request-Id"] = state["request_id"]
@@ -74,6 +75,14 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, send_)
+        except Exception:
+            if started_response[0]:
+                raise
+            logging.getLogger("stealkit.service").exception("request %s failed", state["request_id"])
+            body = json.dumps({"detail": f"internal error (request {state['request_id']}); nothing was billed"}).encode()
+            await send_({"type": "http.response.start", "status": 500,
+                         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send_({"type": "http.response.body", "body": body})
         finally:
             seconds = time.perf_counter() - started
             if self.metrics is not None:

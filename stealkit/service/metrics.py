@@ -60,10 +60,10 @@ class Metrics:
 
     def render(self, ledger) -> bytes:
         """The text exposition: this process's metrics (or every worker's, in multiprocess mode) + the ledger's."""
-        registry = CollectorRegistry()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
+            registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             out = generate_latest(registry)
         else:

@@ -129,8 +129,8 @@ async def embeddings(request: Request, account: Account = Depends(require_accoun
         return JSONResponse({"detail": "the server lost this request's reservation before answering it; nothing was billed, retry"},
                             status_code=503, headers={"Retry-After": "1"})
     except Exception:
-        st.ledger.cancel(reserved)
-        log.exception("request %s failed while answering; its reservation was cancelled", own_id)
+        log.exception("request %s failed while answering; its reservation is cancelled", own_id)
+        st.ledger.cancel(reserved)  # if the ledger is down too: 503, and the lease thread deletes it later
         return JSONResponse({"detail": f"internal error while answering request {own_id}; nothing was billed"}, status_code=500)
     except BaseException:
         st.ledger.cancel(reserved)  # sync on purpose: must run even if this task is being cancelled

@@ -99,11 +99,11 @@ class ServiceState:
 
 
 def defence_config(defence) -> dict | None:
-    """The configuration of a defence object, however it was built (from settings or directly): its
-    class and the values of its constructor's parameters as it stores them (`name` or `name_kind`), a
-    model among them (the poisoning defence's shadow encoder) by its weights' fingerprint. State that
-    grows while serving (per-account tables, a learned centre), where it is stored (`db_path`) and
-    random-number streams are left out."""
+    """The configuration of a defence object, however it was built (from settings or directly): its class
+    and its `identity()` (a stealkit Defence: its config as JSON, without where state is stored); for any
+    other callable, the values of its constructor's parameters as it stores them (`name` or `name_kind`),
+    a model among them by its weights' fingerprint. State that grows while serving (per-account tables, a
+    learned centre), where it is stored (`db_path`) and random-number streams are left out."""
     if defence is None:
         return None
     import inspect
@@ -112,6 +112,10 @@ def defence_config(defence) -> dict | None:
 
     cls = type(defence)
     out: dict = {"class": cls.__module__ + "." + cls.__qualname__}
+    if callable(getattr(defence, "identity", None)):
+        ident = dict(defence.identity())
+        ident.pop("db_path", None)
+        return {**out, **ident}
     stored = vars(defence)
     for name in inspect.signature(cls.__init__).parameters:
         if name == "db_path":
