@@ -1,6 +1,6 @@
-"""Batched image augmentation with per-sample randomness (kornia), on CPU or GPU.
+"""Batched image augmentation with per-sample randomness, on CPU or GPU.
 
-Operations by name, as in SimCLR and StolenEncoder (Table VIII of 004):
+Operations by name, as in SimCLR and StolenEncoder (Liu et al., CCS 2022, arXiv:2201.05889, Table VIII):
   crop   RandomResizedCrop(size, scale=(0.2, 1.0))       (SimCLR pre-training only by default)
   flip   RandomHorizontalFlip(p=0.5)
   jitter ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
@@ -12,7 +12,6 @@ colour jitter on CPU) or "kornia" (kornia.augmentation with the same parameters)
 
 from __future__ import annotations
 
-import kornia.augmentation as K
 import torch
 import torch.nn as nn
 
@@ -24,6 +23,9 @@ STEAL_AUGS = ("flip", "jitter", "gray")
 
 
 def _op(name: str, size: int, strength: float) -> nn.Module:
+    """The kornia module of one operation (backend="kornia"; kornia is imported only then)."""
+    import kornia.augmentation as K
+
     s = strength
     if name == "crop":
         return K.RandomResizedCrop((size, size), scale=(0.2, 1.0))
