@@ -90,6 +90,7 @@ def build_defence(spec: dict | None):
     spec = dict(spec)
     cls = defence_class(spec.pop("name"))
     try:
+        cls.Config(**spec)  # every defence's settings checked by its Config first, whatever its constructor
         return cls(**spec)
     except ValidationError as exc:
         raise UserError(f"defence {cls.name!r}: {describe_with_fields(exc, cls.Config)}") from None

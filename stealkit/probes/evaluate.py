@@ -44,12 +44,10 @@ def evaluate_feature_sets(train_feats: Sequence[torch.Tensor], train_labels, tes
     if probe == "knn":
         xs, ys, xt, yt = per_probe(train_feats, train_labels, test_feats, test_labels)
         P = len(xs)
-        cfg = {"k": 200, "temperature": 0.1, **probe_cfg}
-        if "T" in cfg:
-            cfg["temperature"] = cfg.pop("T")
-        unknown = set(cfg) - {"k", "temperature", "max_elements"}
-        if unknown:
-            raise ValueError(f"unknown knn probe config keys {sorted(unknown)}; known: k, temperature (T), max_elements")
+        from stealkit.probes.knn import KNNConfig
+
+        probe_cfg = {k: v for k, v in probe_cfg.items() if k not in ("seeds", "progress")}  # a kNN has no randomness or epochs
+        cfg = KNNConfig.make(**probe_cfg).model_dump()
         out = []
         for p in range(P):
             t0 = time.perf_counter()
@@ -61,30 +59,24 @@ def evaluate_feature_sets(train_feats: Sequence[torch.Tensor], train_labels, tes
     raise ValueError(f"unknown probe {probe!r}; choose one of {PROBES}")
 
 
-def validate_probe(kind: str, config: dict) -> None:
-    """Check a probe's kind and settings without training (ValueError naming the problem)."""
+def probe_config_class(kind: str):
+    """The strict settings model of a probe kind (the registry of probes: PROBES)."""
+    from stealkit.probes.knn import KNNConfig
     from stealkit.probes.linear import LinearConfig
     from stealkit.probes.mlp import MLPConfig
 
-    if kind not in PROBES:
+    classes = {"mlp": MLPConfig, "linear": LinearConfig, "knn": KNNConfig}
+    if kind not in classes:
         import difflib
 
         close = difflib.get_close_matches(kind, PROBES, n=1)
         raise ValueError(f"unknown probe {kind!r}{f' (did you mean {close[0]!r}?)' if close else ''}; choose one of {', '.join(PROBES)}")
-    config = dict(config or {})
-    if kind == "knn":
-        unknown = set(config) - {"k", "temperature", "T", "max_elements"}
-        if unknown:
-            raise ValueError(f"unknown knn probe settings {sorted(unknown)}; known: k, temperature (T), max_elements")
-        if int(config.get("k", 200)) < 1 or float(config.get("temperature", config.get("T", 0.1))) <= 0:
-            raise ValueError("knn probe needs k >= 1 and temperature > 0")
-        return
-    c = (MLPConfig if kind == "mlp" else LinearConfig).make(**config)
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(c, name) < 1:
-            raise ValueError(f"{kind} probe {name} must be >= 1, got {getattr(c, name)}")
-    if c.lr is not None and c.lr <= 0:
-        raise ValueError(f"{kind} probe lr must be > 0, got {c.lr}")
+    return classes[kind]
+
+
+def validate_probe(kind: str, config: dict) -> None:
+    """Check a probe's kind and settings without training (ValueError naming the problem)."""
+    probe_config_class(kind).make(**dict(config or {}))
 
 
 def evaluate_features(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,

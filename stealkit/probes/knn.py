@@ -13,6 +13,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from stealkit.probes.mlp import ProbeConfig
+
+
+class KNNConfig(ProbeConfig):
+    k: int = Field(200, ge=1)
+    temperature: float = Field(0.1, gt=0)
+    max_elements: int = Field(1 << 25, ge=1)  # similarities computed in chunks of at most this many
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alias(cls, data):
+        if isinstance(data, dict) and "T" in data:  # the InstDisc code's name for the temperature
+            data = {**data, "temperature": data["T"]}
+            data.pop("T")
+        return data
 
 
 @torch.no_grad()

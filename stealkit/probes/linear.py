@@ -12,40 +12,36 @@ beside the paper's MLP classifier (StolenEncoder, Section V-A 3). Two optimisers
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from stealkit.probes.mlp import BatchedMLP, ProbeResult, _predict, _stack_feats, check_keys, per_probe, train_probes
+from stealkit.probes.mlp import BatchedMLP, ProbeConfig, ProbeResult, _predict, _stack_feats, per_probe, train_probes
 
 
-@dataclass
-class LinearConfig:
-    optimizer: str = "adam"  # "adam" | "lbfgs"
-    lr: float | None = None  # default 1e-3 (adam), 1.0 (lbfgs)
-    epochs: int = 100  # adam: epochs; lbfgs: maximum iterations
-    batch_size: int = 256  # adam only
-    weight_decay: float | None = None  # default 0 (adam), 1e-4 (lbfgs: 0.5·wd·||W||² added to the mean loss)
+class LinearConfig(ProbeConfig):
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    lr: float | None = Field(None, gt=0)  # default 1e-3 (adam), 1.0 (lbfgs)
+    epochs: int = Field(100, ge=0)  # adam: epochs; lbfgs: maximum iterations
+    batch_size: int = Field(256, ge=1)  # adam only
+    weight_decay: float | None = Field(None, ge=0)  # default 0 (adam), 1e-4 (lbfgs: 0.5·wd·||W||² added to the mean loss)
     normalize: bool = False
     seed: int = 0
-    eval_every: int = 0  # adam only
-    eval_batch_size: int = 8192
+    eval_every: int = Field(0, ge=0)  # adam only
+    eval_batch_size: int = Field(8192, ge=1)
     progress: bool = False  # adam only
-    cuda_graph: bool = False  # adam only, EXPERIMENTAL (see mlp._graph_epoch)
 
-    @classmethod
-    def make(cls, **cfg) -> "LinearConfig":
-        check_keys(cls, cfg, "linear probe")
-        c = cls(**cfg)
-        if c.optimizer not in ("adam", "lbfgs"):
-            raise ValueError(f"linear probe optimizer must be 'adam' or 'lbfgs', got {c.optimizer!r}")
-        if c.lr is None:
-            c.lr = 1e-3 if c.optimizer == "adam" else 1.0
-        if c.weight_decay is None:
-            c.weight_decay = 0.0 if c.optimizer == "adam" else 1e-4
-        return c
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.lr is None:
+            self.lr = 1e-3 if self.optimizer == "adam" else 1.0
+        if self.weight_decay is None:
+            self.weight_decay = 0.0 if self.optimizer == "adam" else 1e-4
+        return self
 
 
 def train_linear_probes(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None,
@@ -54,7 +50,7 @@ def train_linear_probes(train_feats, train_labels, test_feats, test_labels, num_
     """Same inputs and outputs as `mlp.train_probes` (lists of N×D_p / M×D_p features, labels)."""
     c = LinearConfig.make(**cfg)
     if c.optimizer == "adam":
-        keep = {k: v for k, v in asdict(c).items() if k != "optimizer"}
+        keep = {k: v for k, v in c.model_dump().items() if k != "optimizer"}
         results = train_probes(train_feats, train_labels, test_feats, test_labels, num_classes, seeds, device,
                                hidden=(), **keep)
         for r in results:
@@ -94,5 +90,5 @@ def _lbfgs_one(x, y, xt, yt, num_classes: int, seed: int, device: torch.device, 
     pred = _predict(model, XT, c.eval_batch_size)
     acc = float((pred == YT).float().mean())
     train_acc = float((_predict(model, X, c.eval_batch_size) == Y).float().mean())
-    conf = {**asdict(c), "num_classes": num_classes, "probes_in_batch": 1, "device": str(device), "seed": seed}
+    conf = {**c.model_dump(), "num_classes": num_classes, "probes_in_batch": 1, "device": str(device), "seed": seed}
     return ProbeResult(acc, pred[0].cpu(), train_acc, loss, time.perf_counter() - t0, [], conf, model.cpu().export(0).eval())

@@ -14,11 +14,12 @@ With `hidden=()` the same engine is a multinomial logistic regression (see `line
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from typing import Sequence
 
 import torch
@@ -39,36 +40,38 @@ def per_probe(train_feats, train_labels, test_feats, test_labels):
     return xs, ys, xt, yt
 
 
-def check_keys(config_cls, cfg: dict, what: str) -> None:
-    """Fail loudly on config keys the dataclass does not have."""
-    names = {f.name for f in fields(config_cls)}
-    unknown = set(cfg) - names
-    if unknown:
-        raise ValueError(f"unknown {what} config keys {sorted(unknown)}; known: {sorted(names)}")
+class ProbeConfig(BaseModel):
+    """Base of the probes' settings: strict (an unknown key is an error naming it)."""
 
-
-@dataclass
-class MLPConfig:
-    """Defaults are the paper's (Section V-A 3)."""
-
-    hidden: tuple[int, ...] = (512, 256)
-    lr: float = 1e-4
-    batch_size: int = 256
-    epochs: int = 500
-    weight_decay: float = 0.0
-    normalize: bool = False  # L2-normalise features before the probe
-    seed: int = 0  # default seed of every probe (init and shuffle); override per probe with `seeds`
-    eval_every: int = 0  # >0: record (and log) test accuracy every k epochs
-    eval_batch_size: int = 8192
-    progress: bool = False  # tqdm bar over epochs
-    cuda_graph: bool = False  # EXPERIMENTAL, off: whole-epoch CUDA graph, ~5x faster but currently diverges to NaN
+    model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def make(cls, **cfg) -> "MLPConfig":
-        check_keys(cls, cfg, "probe")
-        if "hidden" in cfg:
-            cfg["hidden"] = tuple(int(h) for h in cfg["hidden"])
-        return cls(**cfg)
+    def make(cls, **cfg):
+        """Validated settings; a mistake is a ValueError naming the key ("unknown probe config key ...")."""
+        try:
+            return cls(**cfg)
+        except ValidationError as exc:
+            bad = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+            if bad:
+                raise ValueError(f"unknown probe config keys {sorted(bad)}; known: {sorted(cls.model_fields)}") from None
+            from stealkit.userinput import describe
+
+            raise ValueError(f"bad probe config: {describe(exc)}") from None
+
+
+class MLPConfig(ProbeConfig):
+    """Defaults are the paper's (StolenEncoder, Section V-A 3): 512-256 ReLU MLP, Adam 1e-4, batch 256, 500 epochs."""
+
+    hidden: tuple[int, ...] = (512, 256)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(500, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    normalize: bool = False  # L2-normalise features before the probe
+    seed: int = 0  # default seed of every probe (init and shuffle); override per probe with `seeds`
+    eval_every: int = Field(0, ge=0)  # >0: record (and log) test accuracy every k epochs
+    eval_batch_size: int = Field(8192, ge=1)
+    progress: bool = False  # tqdm bar over epochs
 
 
 @dataclass
@@ -181,60 +184,6 @@ def _eager_epoch(model, opt, X, Y, batch_size, epoch_loss):
     return run
 
 
-def _graph_epoch(model, opt, X, Y, batch_size, epoch_loss):
-    """EXPERIMENTAL (off by default): on torch 2.11/H100 the weights become NaN (fresh Adam state
-    before capture goes wrong; a state carried over from eager warm-up steps did not). Eager is the
-    reference. The same epoch captured as one CUDA graph. The last batch is padded to B with zero weight,
-    which gives the same gradient as the short batch. Adam's state is created before capture."""
-    P, N = Y.shape
-    B = min(batch_size, N)
-    steps = -(-N // B)
-    pad = steps * B - N
-    weight = torch.ones(steps, B, device=X.device)
-    if pad:
-        weight[-1, B - pad :] = 0
-    static_perm = torch.arange(steps * B, device=X.device).remainder(N).expand(P, -1).contiguous()
-
-    def step(i):
-        loss_p = _step_loss(model, X, Y, static_perm[:, i * B : (i + 1) * B], weight[i])
-        opt.zero_grad(set_to_none=True)
-        loss_p.sum().backward()
-        opt.step()
-        epoch_loss.add_(loss_p.detach() * weight[i].sum())
-
-    # warm up a throwaway copy (cuBLAS workspaces, autograd), leaving the real model untouched
-    twin = copy.deepcopy(model)
-    twin_opt = torch.optim.Adam(twin.parameters(), **{k: v for k, v in opt.defaults.items() if k != "params"})
-    side = torch.cuda.Stream(X.device)
-    side.wait_stream(torch.cuda.current_stream(X.device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            loss = _step_loss(twin, X, Y, static_perm[:, :B], weight[0]).sum()
-            twin_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            twin_opt.step()
-    torch.cuda.current_stream(X.device).wait_stream(side)
-    del twin, twin_opt
-    for p in model.parameters():  # Adam's fresh state, made outside the graph (not re-zeroed by replays)
-        if not opt.state[p]:
-            opt.state[p] = {"step": torch.zeros((), device=p.device), "exp_avg": torch.zeros_like(p),
-                            "exp_avg_sq": torch.zeros_like(p)}
-    opt.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        epoch_loss.zero_()
-        for i in range(steps):
-            step(i)
-
-    def run(perm):
-        if pad:
-            perm = torch.cat([perm, perm[:, :pad]], dim=1)
-        static_perm.copy_(perm)
-        graph.replay()
-
-    return run
-
-
 def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None,
                  seeds: Sequence[int] | None = None, device: torch.device | str | None = None,
                  **cfg) -> list[ProbeResult]:
@@ -274,18 +223,11 @@ def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes
     YT = torch.stack([y.long() for y in yt]).to(device)
     model = BatchedMLP([x.shape[1] for x in xs], c.hidden, num_classes, seeds).to(device)
     on_gpu = device.type == "cuda"
-    opt = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay,
-                           **({"fused": True, "capturable": bool(c.cuda_graph)} if on_gpu else {}))
+    opt = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **({"fused": True} if on_gpu else {}))
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     history: list[list[dict]] = [[] for _ in range(P)]
     epoch_loss = torch.zeros(P, device=device)
     run_epoch = _eager_epoch(model, opt, X, Y, c.batch_size, epoch_loss)
-    if c.cuda_graph and device.type == "cuda" and c.epochs > 0:
-        log.warning("cuda_graph=True is experimental and has been seen to diverge to NaN; check the results")
-        try:
-            run_epoch = _graph_epoch(model, opt, X, Y, c.batch_size, epoch_loss)
-        except RuntimeError as e:  # pragma: no cover - depends on the driver
-            log.warning("CUDA graph capture failed (%s); training eagerly", e)
 
     epochs = range(c.epochs)
     bar = None
@@ -316,7 +258,7 @@ def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes
     seconds = time.perf_counter() - t0
     pred = pred.cpu()
     model = model.cpu()
-    conf = {**asdict(c), "num_classes": num_classes, "probes_in_batch": P, "device": str(device)}
+    conf = {**c.model_dump(), "num_classes": num_classes, "probes_in_batch": P, "device": str(device)}
     return [ProbeResult(acc[p], pred[p].clone(), train_acc[p], final[p], seconds, history[p],
                         {**conf, "seed": seeds[p]}, model.export(p).eval()) for p in range(P)]
 
