@@ -250,6 +250,13 @@ def test_cli_mistakes_are_short_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("checkpoint: x\nbatch_wait: 3\n")
     r = run(cli, ["serve", "--config", str(tmp_path / "bad.yaml")])
     assert r.exit_code == 2 and "batch_wait" in r.output
+    from stealkit.models.checkpoint import save_encoder
+
+    ckpt = save_encoder(build_encoder("cnn_tiny"), tmp_path / "victim")
+    r = run(cli, ["serve", "--checkpoint", str(ckpt), "--ledger", str(tmp_path / "l.sqlite"), "--defence", "topk", "--defence-arg", "kk=3"])
+    assert r.exit_code == 2 and "kk" in r.output and len(r.output.strip().splitlines()) <= 2
+    r = run(cli, ["serve", "--checkpoint", str(ckpt), "--defence-arg", "k=3"])
+    assert r.exit_code == 2 and "without --defence" in r.output
     r = run(cli, ["keys", "list", "--ledger", "mysql://nobody@h/db"])
     assert r.exit_code == 2 and "unsupported database URL" in r.output and len(r.output.strip().splitlines()) <= 2
     r = run(cli, ["keys", "list", "--ledger", "postgresql://nobody:pw@127.0.0.1:1/db"])

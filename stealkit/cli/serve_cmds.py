@@ -83,7 +83,7 @@ def serve(
     limit_concurrency: int = typer.Option(None, help="connections and requests per worker before 503 (default 128)"),
     batching: bool = typer.Option(None, "--batching/--no-batching", help="run concurrent requests as one forward pass (default on)"),
     batch_wait_ms: float = typer.Option(None, help="how long a forward pass waits for more requests (default 2)"),
-    batch_max_images: int = typer.Option(None, help="images per cross-request forward pass (default 128)"),
+    batch_max_images: int = typer.Option(None, help="images per cross-request forward pass (default 32 on CPU, 256 on a GPU)"),
     idempotency_hours: float = typer.Option(None, help="how long answers of requests with an Idempotency-Key are kept for free replays (default 24)"),
     lease_seconds: float = typer.Option(None, help="a dead worker's reservations are cleared after this long (default 30)"),
     metrics_token_file: Path = typer.Option(None, help="file holding the bearer token for GET /metrics (default /metrics off)"),
@@ -114,7 +114,7 @@ def serve(
             fail(f"--metrics-token-file {metrics_token_file} is empty")
     given = {
         "checkpoint": str(checkpoint) if checkpoint else None, "ledger": ledger, "host": host, "port": port, "device": device,
-        "defence": parse_defence(defence, defence_arg) if defence else None, "normalize": normalize, "price_per_1000": price_per_1000,
+        "defence": parse_defence(defence, defence_arg) if defence or defence_arg else None, "normalize": normalize, "price_per_1000": price_per_1000,
         "max_batch": max_batch, "max_image_side": max_image_side,
         "max_request_bytes": int(max_request_mb * 2**20) if max_request_mb is not None else None,
         "max_request_pixels": max_request_pixels, "body_timeout_s": body_timeout, "header_timeout_s": header_timeout,
@@ -131,6 +131,15 @@ def serve(
         fail("bad server settings: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     if not settings.checkpoint:
         fail("nothing to serve: give --checkpoint (or 'checkpoint' in --config)")
+    if settings.defence:
+        from stealkit.defences.base import validate_defence
+        from stealkit.service.app import load_builtin_defences
+
+        load_builtin_defences()
+        try:
+            validate_defence(settings.defence)
+        except ValueError as exc:
+            fail(str(exc))
     if not Path(settings.checkpoint).with_suffix(".json").exists() and not Path(settings.checkpoint).exists():
         fail(f"checkpoint {settings.checkpoint} not found")
     open_ledger(settings.ledger)  # a bad URL or an unreachable database fails here, in one line
