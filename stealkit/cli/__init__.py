@@ -6,10 +6,6 @@ from stealkit.cli.app import app
 
 # One module per group of commands; each decorates functions with @app.command / adds sub-apps.
 for _module in ("data_cmds", "models_cmds", "list_cmds", "train_cmds", "steal_cmds", "serve_cmds", "verify_cmds", "remote_cmds"):
-    try:
-        importlib.import_module(f"stealkit.cli.{_module}")
-    except ModuleNotFoundError as exc:  # a group not written yet; anything else must fail loudly
-        if exc.name != f"stealkit.cli.{_module}":
-            raise
+    importlib.import_module(f"stealkit.cli.{_module}")
 
 __all__ = ["app"]

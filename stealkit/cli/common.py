@@ -31,7 +31,8 @@ def echo(message: str) -> None:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(message))}")
+    """A user's mistake: the message (one or two lines, never wrapped into more), exit code 2."""
+    console.print(f"[bold red]error:[/] {escape(str(message))}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 

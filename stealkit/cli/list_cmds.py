@@ -3,7 +3,6 @@ setting and its default), `stealkit schema` (the JSON schema of a config) and `s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Optional
 
@@ -29,10 +28,6 @@ def _pydantic_settings(model) -> str:
         default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
         parts.append(f"{name}={default}")
     return ", ".join(parts)
-
-
-def _dataclass_settings(cls) -> str:
-    return ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
 
 
 def _table(title: str, rows: list[tuple[str, str, str]]) -> None:
@@ -74,12 +69,11 @@ def list_losses():
 @list_app.command("probes")
 def list_probes():
     """Downstream probes (`probe: {kind: ..., config: {...}}`)."""
-    from stealkit.probes.linear import LinearConfig
-    from stealkit.probes.mlp import MLPConfig
+    from stealkit.probes.evaluate import PROBES, probe_config_class
 
-    _table("probes", [("mlp", "the StolenEncoder paper's MLP classifier (Section V-A 3)", _dataclass_settings(MLPConfig)),
-                      ("linear", "multinomial logistic regression (Adam or L-BFGS)", _dataclass_settings(LinearConfig)),
-                      ("knn", "weighted kNN on L2-normalised features (InstDisc/SimCLR monitor)", "k=200, temperature=0.1, max_elements=33554432")])
+    what = {"mlp": "the StolenEncoder paper's MLP classifier (Section V-A 3)", "linear": "multinomial logistic regression (Adam or L-BFGS)",
+            "knn": "weighted kNN on L2-normalised features (InstDisc/SimCLR monitor)"}
+    _table("probes", [(k, what.get(k, ""), _pydantic_settings(probe_config_class(k))) for k in PROBES])
 
 
 @list_app.command("architectures")

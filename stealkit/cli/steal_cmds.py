@@ -33,7 +33,8 @@ def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root:
         fail(str(exc))
     print_results(results)
     out = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
-    console.print(f"run directory: {out}  (results.json, report.md, plot.png)")
+    made = [f for f in ("results.json", "report.md", "plot.png", "tradeoff.png") if (out / f).exists()]
+    console.print(f"run directory: {out}  ({', '.join(made)})")
     return results
 
 

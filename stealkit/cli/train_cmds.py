@@ -34,16 +34,20 @@ def pretrain(
     from stealkit.pretrain.trainer import pretrain as run_pretrain
 
     apply_data_root(data_root)
-    raw = yaml.safe_load(config.read_text()) or {}
-    raw = raw.get("victim", {}).get("pretrain", raw) if "victim" in raw else raw
-    for item in set_:
-        k, v = item.split("=", 1)
-        set_dotted(raw, k, yaml.safe_load(v))
+    from stealkit.userinput import UserError, describe_with_fields, parse_assignments
+
+    try:
+        raw = yaml.safe_load(config.read_text()) or {}
+        raw = raw.get("victim", {}).get("pretrain", raw) if "victim" in raw else raw
+        for k, v in parse_assignments(set_):
+            set_dotted(raw, k, v)
+    except (OSError, yaml.YAMLError, UserError) as exc:
+        fail(f"bad pretrain config {config}: {' '.join(str(exc).split())[:300]}")
     raw.setdefault("device", device)
     try:
         cfg = PretrainConfig(**raw)
     except ValidationError as exc:
-        fail(f"bad pretrain config {config}: {exc}")
+        fail(f"bad pretrain config {config}: {describe_with_fields(exc, PretrainConfig)}")
     data = load_data(cfg.data, data_root)
     monitor = None
     if cfg.knn_data is not None:
@@ -76,6 +80,7 @@ def evaluate(
     test_limit: Optional[int] = typer.Option(None, min=1, help="use a random subset of this many downstream test images"),
     seed: int = typer.Option(0, help="seed of the subsets and of the probes"),
     data_root: Optional[str] = typer.Option(None, envvar="STEALKIT_DATA", help="dataset root"),
+    download: bool = typer.Option(False, help="let torchvision fetch a missing set (off: nothing reaches for the network)"),
     device: str = typer.Option("auto"),
     out: Optional[Path] = typer.Option(None, help="write the accuracies as JSON here"),
 ):
@@ -85,6 +90,7 @@ def evaluate(
     from rich.table import Table
 
     from stealkit.data import DatasetNotFound, load_dataset
+    from stealkit.data.registry import UnknownDataset
     from stealkit.models.checkpoint import load_encoder, read_sidecar
     from stealkit.probes.evaluate import PROBES, evaluate_feature_sets
     from stealkit.probes.features import extract_features
@@ -107,8 +113,8 @@ def evaluate(
     results, sizes, skipped = {}, {}, {}
     for ds in downstream:
         try:
-            train, test = load_dataset(ds, "train"), load_dataset(ds, "test")
-        except DatasetNotFound as exc:
+            train, test = load_dataset(ds, "train", download=download), load_dataset(ds, "test", download=download)
+        except (DatasetNotFound, UnknownDataset) as exc:
             console.print(f"[yellow]skipped {ds}[/]: {exc}")
             skipped[ds] = str(exc)
             continue

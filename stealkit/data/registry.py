@@ -141,6 +141,9 @@ def _adhoc_source(name: str, split: str):
     split_dirs = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name in _SPLIT_NAMES)
     if split_dirs:
         raise DatasetNotFound(f"{path} has split folders {split_dirs} but no {split!r} (from {name!r})")
+    if split != "train":  # a flat <dir>/<class>/<file> folder is one set: never hand its images out as held-out ones
+        raise DatasetNotFound(f"{path} is a flat ImageFolder (<class>/<file>, no split folders): it is one set, split 'train'. "
+                              f"For a {split!r} split give <dir>/{split}/<class>/<file> (or another folder as {split!r})")
     return FolderSource(path)
 
 

@@ -177,7 +177,8 @@ def evaluate_downstream(run: Run, ds_spec, victims: dict, rows: list[RowResult],
     seeds = cfg.seed_list()
 
     def feats(enc, images, tag):
-        return run.features.features(enc, images, f"{ds_spec.name}@{root}:{tag}", device=device)  # root: other files, other images
+        return run.features.features(enc, images, f"{ds_spec.name}@{root}:{tag}", device=device,  # root: other files, other images
+                                     progress=cfg.progress)
 
     names, tr_f, te_f, probe_seeds = [], [], [], []
 

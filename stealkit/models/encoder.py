@@ -121,7 +121,7 @@ def memory_format(module: nn.Module, channels_last: bool):
 
 @torch.no_grad()
 def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | None = None,
-          amp: bool = False, fast: bool = False) -> torch.Tensor:
+          amp: bool = False, fast: bool = False, progress: bool = False, desc: str = "features") -> torch.Tensor:
     """Features of a uint8 image tensor, in eval mode, batch by batch -> float32 N×D on CPU.
 
     Exact by default: fp32, NCHW weights, TF32 off on CUDA. These are the API's answers and the defences'
@@ -141,10 +141,15 @@ def embed(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, devic
     encoder.eval()
     out = []
     exact = not (amp or fast)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
     with memory_format(encoder, fast and channels_last_enabled(device)):
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device, non_blocking=True)
             with autocast(device, enabled=amp), (exact_fp32(device) if exact else nullcontext()):
                 out.append(encoder(x).float().cpu())
+            bar.update(len(x))
+    bar.close()
     encoder.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "feature_dim", 0))

@@ -27,7 +27,7 @@ FORMAT = "stealkit-features/2"  # 2: fp32 features (1 was bf16 on CUDA)
 
 
 def extract_features(encoder, images, batch_size: int = 512, device: torch.device | str | None = None,
-                     fast: bool = True) -> torch.Tensor:
+                     fast: bool = True, progress: bool = False, desc: str = "features") -> torch.Tensor:
     """uint8 images N×3×H×W (or an ImageSet) -> float32 features N×D on the CPU.
 
     `encoder` is an `nn.Module` (run in eval mode on `device` via `embed`; `fast`: NHWC fp32, see `embed`)
@@ -40,7 +40,7 @@ def extract_features(encoder, images, batch_size: int = 512, device: torch.devic
         home = first.device if first is not None else torch.device("cpu")
         device = torch.device(device) if device is not None else home
         try:  # run on `device`, then leave the encoder where it was
-            feats = embed(encoder.to(device), images, batch_size=batch_size, device=device, fast=fast)
+            feats = embed(encoder.to(device), images, batch_size=batch_size, device=device, fast=fast, progress=progress, desc=desc)
         finally:
             encoder.to(home)
     elif hasattr(encoder, "embed"):
@@ -110,7 +110,7 @@ class FeatureCache:
         return p
 
     def features(self, encoder: nn.Module, images, dataset: str | None = None, batch_size: int = 512,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+                 device: torch.device | str | None = None, progress: bool = False) -> torch.Tensor:
         """Cached features of `images` (tensor or ImageSet; `dataset` defaults to ImageSet.name), else extract and store."""
         dataset = dataset or getattr(images, "name", None)
         if dataset is None:
@@ -119,6 +119,6 @@ class FeatureCache:
         fp = encoder_fingerprint(encoder)
         feats = self.get(fp, dataset, n)
         if feats is None:
-            feats = extract_features(encoder, images, batch_size=batch_size, device=device)
+            feats = extract_features(encoder, images, batch_size=batch_size, device=device, progress=progress, desc=f"features {dataset}")
             self.put(fp, dataset, feats)
         return feats
