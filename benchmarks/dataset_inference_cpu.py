@@ -1,4 +1,4 @@
-"""Benchmark (issue 5): does dataset inference (Dziedzic et al., NeurIPS 2022; seed 002) flag a small
+"""Benchmark: does dataset inference (Dziedzic et al., NeurIPS 2022, arXiv:2209.09024) flag a small
 SimCLR victim at CPU scale? A negative result, measured: for each recipe and seed, pre-train a victim
 (cnn_tiny, SimCLR) on n private `digits` images and an independent encoder on n `synthetic` images,
 and run `dataset_inference` (diagonal GMM, k components, fitted on the victim) for both as suspects.

@@ -1,7 +1,7 @@
-"""Benchmark (issue 2): pre-train a CIFAR-10 SimCLR ResNet18 victim, evaluate TA on MNIST and GTSRB.
+"""Benchmark: pre-train a CIFAR-10 SimCLR ResNet18 victim, evaluate TA on MNIST and GTSRB.
 
 Writes JSON with device, versions, seed, seconds per epoch, augmented images/s, kNN accuracy on
-CIFAR-10 test, TA per downstream set. Paper reference (004, Table II): TA on GTSRB 80.67% after
+CIFAR-10 test, TA per downstream set. Paper reference (StolenEncoder, Liu et al., CCS 2022, Table II): TA on GTSRB 80.67% after
 1,000 epochs (78.9% after 500); lightly's SimCLR ResNet18 reaches about 85% kNN after 200 epochs.
 
     python benchmarks/pretrain_victim.py --data-root ../shared/data --epochs 100 --out benchmarks/results/pretrain_victim.json

@@ -1,4 +1,4 @@
-"""Benchmark (issue 3): how long one StolenEncoder steal takes in the paper's setting (2,500 queries,
+"""Benchmark: how long one StolenEncoder steal takes in the paper's setting (2,500 queries,
 ResNet34, 100 epochs, batch 64; target on one H100: < 60 s), and where the time goes.
 
 Times `train_stolen_encoder` on random uint8 images and random 512-d target answers (speed does not

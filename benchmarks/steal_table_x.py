@@ -1,4 +1,4 @@
-"""Benchmark (issue 3): Table II/X on a CIFAR-10 victim — StolenEncoder and its baselines — with wall
+"""Benchmark: Table II/X on a CIFAR-10 victim — StolenEncoder and its baselines — with wall
 time per stage, next to the paper's numbers. Runs `configs/table10_variants_cifar10.yaml` through the runner.
 
     python benchmarks/steal_table_x.py --data-root ../shared/data \
@@ -22,7 +22,7 @@ import torch
 from stealkit.experiment.config import load_config
 from stealkit.experiment.runner import run_experiment
 
-PAPER = {  # 004, Table X (5% surrogate, GTSRB) and Table II (CIFAR-10 rows)
+PAPER = {  # StolenEncoder (Liu et al., CCS 2022), Table X (5% surrogate, GTSRB) and Table II (CIFAR-10 rows)
     "gtsrb": {"TA": 80.67, "StolenEncoder": 79.43, "StolenEncoder-w/o-aug": 51.50, "StolenEncoder-query-aug": 78.91, "Pre-training-encoder": 71.40},
     "mnist": {"TA": 97.90, "StolenEncoder": 97.95},
 }

@@ -1,4 +1,4 @@
-"""A training step that runs eagerly, or as one captured CUDA graph (DESIGN.md, "Speed").
+"""A training step that runs eagerly, or as one captured CUDA graph (docs/architecture.md; at the paper's batch size of 64 a step is launch-bound).
 
 At the paper's stealing batch size (64) a step is launch-bound; replaying the whole step
 (forward, loss, backward, optimiser) as one CUDA graph removes the launch gaps. Inputs are

@@ -1,4 +1,4 @@
-"""Output defences of StolenEncoder (004, Section VII): top-k, rounding, noise, feature poisoning (Eq. 10)."""
+"""Output defences of StolenEncoder (Liu et al., CCS 2022, arXiv:2201.05889, Section VII): top-k, rounding, noise, feature poisoning (Eq. 10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stealing over HTTP end to end (issue 4): the runner with a `target:` block against a real
+"""Stealing over HTTP end to end : the runner with a `target:` block against a real
 loopback server (the ledger is the judge of what was billed), no re-billing on a rerun,
 `stealkit steal --url`, `quickstart --serve`, and defence sweeps measuring what honest users keep.
 

@@ -1,4 +1,4 @@
-"""`stealkit verify ...`: ownership checks on a suspect encoder (seed 002).
+"""`stealkit verify ...`: ownership checks on a suspect encoder (Dziedzic et al., ICML 2022, arXiv:2205.07890; NeurIPS 2022, arXiv:2209.09024).
 
   stealkit verify dataset-inference --victim V --suspect S --private cifar10:train --public cifar10:test
   stealkit verify watermark --suspect S --head V.wmhead.safetensors --data cifar10:test

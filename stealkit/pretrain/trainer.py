@@ -1,6 +1,6 @@
 """Contrastive pre-training of a victim encoder: SimCLR (NT-Xent) or MoCo v2 (momentum encoder + queue).
 
-Fast path (DESIGN.md): the uint8 image set stays on the device, both views of every image are
+Fast path: the uint8 image set stays on the device, both views of every image are
 augmented once per epoch for the whole set with per-sample random draws (kornia), bf16 autocast and
 channels_last on CUDA, fused Adam, optional torch.compile. Resumable: state every
 `checkpoint_every` epochs; a restart continues from the last saved epoch with identical results.

@@ -1,4 +1,4 @@
-"""Ownership verification of a suspect encoder (seed 002): rotation watermark and dataset inference."""
+"""Ownership verification of a suspect encoder (Dziedzic et al., ICML 2022 and NeurIPS 2022): rotation watermark and dataset inference."""
 
 from stealkit.verify.dataset_inference import DatasetInferenceResult, dataset_inference
 from stealkit.verify.watermark import (
