@@ -1,4 +1,4 @@
-"""Cross-request batching (issue 11) through a real server on loopback: concurrent requests share forward
+"""Cross-request batching through a real server on loopback: concurrent requests share forward
 passes, yet every answer is bitwise the one the same request gets alone, and the one of the same
 stacked computation done by hand; each account's defence state and bill stay its own.
 """

@@ -1,8 +1,8 @@
-"""Hostile input against a real `stealkit serve` subprocess on loopback (issue 11): every case gets its
+"""Hostile input against a real `stealkit serve` subprocess on loopback: every case gets its
 documented 4xx, costs bounded memory and time, leaves the keep-alive connection usable, and is never
 billed (the ledger file is the judge). Request ids reveal nothing about other accounts.
 
-Each case failed on the server before issue 11: a 500 (and a reset connection) for an int64-overflowing
+Each case failed on the server before the hardening: a 500 (and a reset connection) for an int64-overflowing
 X-Array-Shape or a lying .npy header, +457 MiB for 24 flat 1024×1024 PNGs, 422 for a decompression
 bomb, Starlette's 400 for too many files, no deadline for a drip-fed body or headers, and the ledger's
 global row number as X-Request-Id.

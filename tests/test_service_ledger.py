@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stealkit.cli import app
-from stealkit.service.db import Database, parse_url
+from stealkit.db import Database, parse_url
 from stealkit.service.keys import hash_key, key_id_of
 from stealkit.service.leases import Lease, reap
 from stealkit.service.ledger import Ledger, QuotaExceeded, ReservationLost

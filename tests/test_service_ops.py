@@ -1,4 +1,4 @@
-"""What operators expect (issue 11), through a real server on loopback: Prometheus /metrics behind a
+"""What operators expect, through a real server on loopback: Prometheus /metrics behind a
 token, liveness and readiness, JSON access logs with request id and account but never the key, the
 common embedding-API answer form and /v1/models, the OpenAPI bearer scheme, a defence /v1/model does not
 name unless told to, an encoder object without a spec, settings from the environment, CLI errors.

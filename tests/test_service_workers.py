@@ -1,4 +1,4 @@
-"""Several servers on one ledger (issue 11), on SQLite and on PostgreSQL: a starting server keeps the
+"""Several servers on one ledger, on SQLite and on PostgreSQL: a starting server keeps the
 live reservations of the others, a stalled one that outlived its lease answers nothing, and
 `stealkit serve --workers 2` under 16 racing clients through a rolling restart and a kill -9 bills
 exactly what it returned and never passes the quota. The ledger is the judge.

@@ -9,6 +9,7 @@ import typer
 
 from stealkit.cli.app import app
 from stealkit.cli.common import fail
+from stealkit.defences import DEFENCES
 
 keys_app = typer.Typer(help="API keys: create, list, revoke and change limits of accounts in a ledger.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -18,7 +19,7 @@ LEDGER = typer.Option("ledger.sqlite", "--ledger", help="ledger: a path or sqlit
 
 def open_ledger(url: str):
     """The ledger at `url`, or a 1–2 line error and exit 2."""
-    from stealkit.service.db import DatabaseUnavailable, redact
+    from stealkit.db import DatabaseUnavailable, redact
     from stealkit.service.ledger import Ledger
 
     try:
@@ -68,7 +69,7 @@ def serve(
     port: int = typer.Option(None, help="(default 8000)"),
     workers: int = typer.Option(1, "--workers", min=1, help="worker processes on this host, all on one ledger"),
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads per worker (default cores / workers)"),
-    defence: str = typer.Option(None, "--defence", help="topk | rounding | noise | poisoning | coverage"),
+    defence: str = typer.Option(None, "--defence", help=" | ".join(sorted(DEFENCES)) + " (stealkit list defences: their settings)"),
     defence_arg: list[str] = typer.Option([], "--defence-arg", help="KEY=VALUE for the defence, repeatable (k=10, m=2, sigma=0.1, ...)"),
     reveal_defence: bool = typer.Option(None, "--reveal-defence/--hide-defence", help="name the defence in GET /v1/model (default hidden)"),
     normalize: bool = typer.Option(None, "--normalize/--raw", help="L2-normalise answers before the defence, as commercial embedding APIs do (default raw)"),

@@ -40,7 +40,7 @@ from pydantic import Field
 
 from stealkit.defences.base import Defence, DefenceConfig, register_defence
 from stealkit.runtime import derived_seed
-from stealkit.service.db import Database
+from stealkit.db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS b4b_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

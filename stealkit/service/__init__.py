@@ -1,6 +1,6 @@
 """The EaaS server: `create_app(settings)` serves a victim encoder over HTTP with accounts, a
-SQLite or PostgreSQL ledger, quotas, rate limits and output defences (issues 4 and 11; StolenEncoder,
-004, Section VII). Names are imported on first use, so `stealkit.service.db` stays light."""
+SQLite or PostgreSQL ledger, quotas, rate limits and output defences (Liu et al., "StolenEncoder", CCS 2022,
+arXiv:2201.05889, Section VII). Names are imported on first use, so importing the package stays light."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""create_app(settings): the FastAPI EaaS server around one victim encoder (issue 4, issue 11).
+"""create_app(settings): the FastAPI EaaS server around one victim encoder.
 
 The lifespan hook loads the encoder (checkpoint, or an Encoder passed in), builds the defence (a
 defence with per-account state keeps it in the ledger's database, shared by all workers), opens the
@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from stealkit.service import info_routes, routes
-from stealkit.service.db import DatabaseUnavailable
+from stealkit.db import DatabaseUnavailable
 from stealkit.service.decode import BadInput
 from stealkit.service.ledger import Ledger
 from stealkit.service.settings import ServiceSettings

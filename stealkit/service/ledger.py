@@ -1,6 +1,6 @@
 """The EaaS ledger: accounts and one row per served request, in SQLite (WAL) or PostgreSQL.
 
-Billing protocol (one image = one query, Section II of 004: the API charges per query):
+Billing protocol (one image = one query, StolenEncoder, Liu et al., CCS 2022, Section II: the API charges per query):
   reserve(account, n)   one transaction: refuse whole if used + n > quota; insert a 'reserved' row
                         owned by this process's lease (leases.py)
   commit(request_id)    mark 'served', before the response is sent; raises ReservationLost if there
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stealkit.service.db import Database, DatabaseUnavailable
+from stealkit.db import Database, DatabaseUnavailable
 from stealkit.service.keys import hash_key, key_id_of, key_matches, new_key
 
 SCHEMA = """

@@ -28,7 +28,7 @@ class ServiceSettings(BaseModel):
     device: str = "auto"
     defence: dict | None = None            # {"name": "topk", "k": 10}; None = plain answers
     normalize: bool = False                # L2-normalise answers before the defence (as commercial embedding APIs do)
-    price_per_1000: float = Field(1.2, ge=0)  # USD per 1,000 queries (Clarifai's price in 004)
+    price_per_1000: float = Field(1.2, ge=0)  # USD per 1,000 queries (Clarifai's price in StolenEncoder, Section VI)
     # ---- request limits (hostile input is refused before it costs memory or time) ----
     max_request_bytes: int = Field(64 * 2**20, gt=0)
     max_batch: int = Field(1024, gt=0)     # images per request

@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import torch
 
-from stealkit.service.db import Database
+from stealkit.db import Database
 from stealkit.targets.base import BudgetExceeded, Target
 
 BINARY = "application/octet-stream"
