@@ -34,6 +34,7 @@ class LinearConfig(ProbeConfig):
     eval_every: int = Field(0, ge=0)  # adam only
     eval_batch_size: int = Field(8192, ge=1)
     progress: bool = False  # adam only
+    amp: bool = True  # adam only: bf16 autocast on CPUs with bf16 units
 
     @model_validator(mode="after")
     def _defaults(self):

@@ -72,6 +72,7 @@ class MLPConfig(ProbeConfig):
     eval_every: int = Field(0, ge=0)  # >0: record (and log) test accuracy every k epochs
     eval_batch_size: int = Field(8192, ge=1)
     progress: bool = False  # tqdm bar over epochs
+    amp: bool = True  # bf16 autocast for training steps on CPUs with bf16 units (runtime.bf16_enabled); fp32 elsewhere
 
 
 @dataclass
@@ -160,22 +161,24 @@ def _predict(model: BatchedMLP, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([model(x[:, s : s + chunk]).argmax(-1) for s in range(0, x.shape[1], chunk)], dim=1)
 
 
-def _step_loss(model, X, Y, idx, weight=None):
-    """Per-probe mean cross-entropy of the samples idx P×B (weight B: 1 valid, 0 padding) -> P."""
+def _step_loss(model, X, Y, idx, weight=None, amp: bool = False):
+    """Per-probe mean cross-entropy of the samples idx P×B (weight B: 1 valid, 0 padding) -> P.
+    amp: the layers in bf16 autocast (the loss in fp32)."""
     rows = torch.arange(X.shape[0], device=X.device)[:, None]
-    logits = model(X[rows, idx])
+    with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(X[rows, idx]).float()
     ce = F.cross_entropy(logits.flatten(0, 1), Y[rows, idx].flatten(), reduction="none").view(idx.shape)
     return ce.mean(1) if weight is None else (ce * weight).sum(1) / weight.sum()
 
 
-def _eager_epoch(model, opt, X, Y, batch_size, epoch_loss):
+def _eager_epoch(model, opt, X, Y, batch_size, epoch_loss, amp: bool = False):
     """One epoch over perm P×N, step by step (a short last batch when B does not divide N)."""
 
     def run(perm):
         epoch_loss.zero_()
         for s in range(0, perm.shape[1], batch_size):
             idx = perm[:, s : s + batch_size]
-            loss_p = _step_loss(model, X, Y, idx)
+            loss_p = _step_loss(model, X, Y, idx, amp=amp)
             opt.zero_grad(set_to_none=True)
             loss_p.sum().backward()
             opt.step()
@@ -227,7 +230,10 @@ def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     history: list[list[dict]] = [[] for _ in range(P)]
     epoch_loss = torch.zeros(P, device=device)
-    run_epoch = _eager_epoch(model, opt, X, Y, c.batch_size, epoch_loss)
+    from stealkit.runtime import bf16_enabled
+
+    amp = c.amp and device.type == "cpu" and bf16_enabled(device)  # CPUs with bf16 units; fp32 on GPUs (fast anyway)
+    run_epoch = _eager_epoch(model, opt, X, Y, c.batch_size, epoch_loss, amp=amp)
 
     epochs = range(c.epochs)
     bar = None
@@ -258,7 +264,7 @@ def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes
     seconds = time.perf_counter() - t0
     pred = pred.cpu()
     model = model.cpu()
-    conf = {**c.model_dump(), "num_classes": num_classes, "probes_in_batch": P, "device": str(device)}
+    conf = {**c.model_dump(), "num_classes": num_classes, "probes_in_batch": P, "device": str(device), "bf16": amp}
     return [ProbeResult(acc[p], pred[p].clone(), train_acc[p], final[p], seconds, history[p],
                         {**conf, "seed": seeds[p]}, model.export(p).eval()) for p in range(P)]
 
