@@ -11,7 +11,7 @@ export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
 VICTIM=runs/victims/cifar10_simclr_resnet18
 [ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
   --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
-for cfg in ${ONLY:-table10_real_cpu defences_real_cpu}; do
+for cfg in ${ONLY:-table10_real_cpu table2_real_cpu defences_real_cpu}; do
   /usr/bin/time -v stealkit run "configs/$cfg.yaml" --run-dir "runs/$cfg" ${EXTRA:-} 2> "runs/$cfg.time" || { cat "runs/$cfg.time" >&2; exit 1; }
   grep -E "Elapsed|Maximum resident" "runs/$cfg.time"
 done
