@@ -11,7 +11,7 @@ mkdir -p "$runs"
 export STEALKIT_CACHE="${STEALKIT_CACHE:-$runs/cache}"
 out=docs/cpu_tables.md
 [ -f runs/cpu_victim_wm.safetensors ] || stealkit verify embed-watermark --data digits:train --size 16 --arch cnn_tiny \
-    --epochs 12 --batch-size 128 --lr 0.003 --out runs/cpu_victim_wm
+    --epochs 20 --weight 3 --batch-size 128 --lr 0.003 --out runs/cpu_victim_wm
 {
   echo "# CPU-sized experiments"
   echo

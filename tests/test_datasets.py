@@ -208,7 +208,9 @@ def test_plain_imagefolder_and_folder_form_match_archive(tmp_path):
     assert torch.equal(from_dir.labels, from_archive.labels) and from_dir.classes == from_archive.classes
 
     with_split = load_dataset(f"folder:{root / 'cifar10'}", "test")  # split subdir used when present
-    no_split = load_dataset(f"folder:{root / 'cifar10' / 'test'}", "whatever")
+    no_split = load_dataset(f"folder:{root / 'cifar10' / 'test'}", "train")  # a flat folder is one set: split 'train'
+    with pytest.raises(DatasetNotFound, match="flat ImageFolder"):  # never handed out as a held-out split
+        load_dataset(f"folder:{root / 'cifar10' / 'test'}", "test")
     with pytest.raises(DatasetNotFound, match="no 'val'"):
         load_dataset(f"folder:{root / 'cifar10'}", "val")  # split folders there, but not this one
     for other in (with_split, no_split):
