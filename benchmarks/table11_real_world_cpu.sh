@@ -3,12 +3,17 @@
 # serve it with normalised answers on loopback, steal it over HTTP, probe, and print the table beside the
 # paper's with the ledger's bill and the compute ratio (Table XII style). About 45 minutes.
 #   pip install -e ".[imagenet]" && SHARED=../shared bash benchmarks/table11_real_world_cpu.sh
+# The full-scale GPU run (224 px, ResNet34; docs/gpu_runbook.md) is the same script with another config:
+#   CONFIG=configs/table11_real_world_gpu.yaml DEVICE=cuda RUN=runs/table11_real_world_gpu \
+#     STEALKIT_DATA=.devdata/table11/data bash benchmarks/table11_real_world_cpu.sh
 set -euo pipefail
 export OMP_WAIT_POLICY=PASSIVE  # the server and the runner take turns on the 2 cores: no spinning threads
 cd "$(dirname "$0")/.."
 SHARED="${SHARED:-../shared}"
 export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
-RUN=runs/table11_real_world_cpu
+CONFIG="${CONFIG:-configs/table11_real_world_cpu.yaml}"
+RUN="${RUN:-runs/table11_real_world_cpu}"
+DEVICE="${DEVICE:-cpu}"
 VICTIM=runs/victims/efficientnet_lite0
 PORT=8765
 mkdir -p "$RUN"
@@ -18,10 +23,10 @@ mkdir -p "$RUN"
 LEDGER="$RUN/ledger.sqlite"
 ACCOUNT="thief-$(date +%s)"
 export STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"
-stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device cpu --threads 2 --log-level warning &
+stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device "$DEVICE" --log-level warning &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-python - <<PY
+"${PY:-python}" - <<PY
 import time, httpx
 for _ in range(120):
     try:
@@ -33,7 +38,11 @@ for _ in range(120):
 else:
     raise SystemExit("the server did not come up")
 PY
-/usr/bin/time -v stealkit run configs/table11_real_world_cpu.yaml --run-dir "$RUN" 2> "$RUN/time.txt" || { cat "$RUN/time.txt" >&2; exit 1; }
-grep -E "Elapsed|Maximum resident" "$RUN/time.txt"
+if [ -x /usr/bin/time ] && [ "$(type -t stealkit)" = file ]; then  # wall time and peak memory
+  /usr/bin/time -v stealkit run "$CONFIG" --run-dir "$RUN" ${EXTRA:-} 2> "$RUN/time.txt" || { cat "$RUN/time.txt" >&2; exit 1; }
+  grep -E "Elapsed|Maximum resident" "$RUN/time.txt"
+else  # the GPU machine: stealkit is `python -m stealkit` there
+  SECONDS=0; stealkit run "$CONFIG" --run-dir "$RUN" ${EXTRA:-}; echo "wall $SECONDS s"
+fi
 stealkit keys list --ledger "$LEDGER"
-python benchmarks/table11_report.py --run "$RUN" --ledger "$LEDGER" --account "$ACCOUNT"
+"${PY:-python}" benchmarks/table11_report.py --run "$RUN" --ledger "$LEDGER" --account "$ACCOUNT"
