@@ -46,3 +46,4 @@ else  # the GPU machine: stealkit is `python -m stealkit` there
 fi
 stealkit keys list --ledger "$LEDGER"
 "${PY:-python}" benchmarks/table11_report.py --run "$RUN" --ledger "$LEDGER" --account "$ACCOUNT"
+mkdir -p benchmarks/results && cp "$RUN/table11.json" "benchmarks/results/$(basename "$RUN").table11.json" && cp "$RUN/results.json" "benchmarks/results/$(basename "$RUN").json"  # the record, committed
