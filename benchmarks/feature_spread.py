@@ -37,9 +37,9 @@ def main() -> None:
     res = json.loads((run / "results.json").read_text())
     seed = res["seed"]
     rows = {r["label"]: r for r in res["rows"]}
-    ds = res_ds = rows[args.label]["downstream"][args.dataset]
-    te = load_dataset(args.dataset, "test").sample(res_ds["test_size"], seed=seed)
-    tr = load_dataset(args.dataset, "train").sample(res_ds["train_size"], seed=seed)
+    ds = rows[args.label]["downstream"][args.dataset]
+    te = load_dataset(args.dataset, "test").sample(ds["test_size"], seed=seed)
+    tr = load_dataset(args.dataset, "train").sample(ds["train_size"], seed=seed)
     cached = {d.rsplit("/", 1)[0] for d in glob.glob(str(run / "features" / "*" / f"{args.dataset}*test*"))}
     out = {"run": str(run), "dataset": args.dataset, "seed": seed, "encoders": {}, "environment": environment()}
     feats = {}
