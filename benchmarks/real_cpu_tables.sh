@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The real-data tables on 2 CPU cores against the shared victim (../shared/victims/cifar10_simclr_resnet18):
-# import it, then Table X (+ Table II-style rows on GTSRB, MNIST, Fashion-MNIST) and the defence table.
-# Each run writes runs/<name>/results.json (device, versions, seed, wall time; copied to benchmarks/results/<name>.json),
-# report.md, plot.png.
+# import it, then Table X, Table II's CIFAR-10 row (GTSRB, MNIST, Fashion-MNIST) and the defence table.
+# Each run writes runs/<name>/results.json (device, precision, versions, seed, wall time, peak RSS; copied to
+# benchmarks/results/<name>.json), report.md, plot.png. Table II's row and the defence table's undefended row
+# are Table X's StolenEncoder steal (same settings, seed and victim bytes, so the same row key): the runner
+# reuses it from $STEALKIT_CACHE/rows/<key>.
 #   SHARED=../shared bash benchmarks/real_cpu_tables.sh            # about 1.5 hours on 2 free cores
 #   ONLY=table10_real_cpu bash benchmarks/real_cpu_tables.sh       # one of them
+#   RAW_PROBE=1 ...   # also probe the same stolen encoders with `mlp-raw` (raw features, no dropout) into
+#                     # runs/<name>_mlp_raw and benchmarks/results/<name>.mlp_raw.json: old probe vs new, same encoders
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${SHARED:-../shared}"
@@ -12,14 +16,12 @@ export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
 VICTIM=runs/victims/cifar10_simclr_resnet18
 [ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
   --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
+mkdir -p benchmarks/results
 for cfg in ${ONLY:-table10_real_cpu table2_real_cpu defences_real_cpu}; do
-  # Table II's row and the defence table's undefended row are Table X's StolenEncoder steal (same settings,
-  # seed and victim bytes, so the same row key): a run directory reuses a finished row found in another.
-  mkdir -p "runs/$cfg/rows"
-  for other in runs/table10_real_cpu runs/table2_real_cpu runs/defences_real_cpu; do
-    [ "$other" = "runs/$cfg" ] || [ ! -d "$other/rows" ] || cp -rn "$other"/rows/. "runs/$cfg/rows/" 2>/dev/null || true
-  done
-  /usr/bin/time -v stealkit run "configs/$cfg.yaml" --run-dir "runs/$cfg" ${EXTRA:-} 2> "runs/$cfg.time" || { cat "runs/$cfg.time" >&2; exit 1; }
-  grep -E "Elapsed|Maximum resident" "runs/$cfg.time"
-  mkdir -p benchmarks/results && cp "runs/$cfg/results.json" "benchmarks/results/${cfg}.json"  # the record, committed
+  stealkit run "configs/$cfg.yaml" --run-dir "runs/$cfg" ${EXTRA:-}
+  cp "runs/$cfg/results.json" "benchmarks/results/${cfg}.json"  # the record, committed
+  if [ -n "${RAW_PROBE:-}" ]; then
+    stealkit run "configs/$cfg.yaml" --run-dir "runs/${cfg}_mlp_raw" --set probe.kind=mlp-raw ${EXTRA:-}
+    cp "runs/${cfg}_mlp_raw/results.json" "benchmarks/results/${cfg}.mlp_raw.json"
+  fi
 done

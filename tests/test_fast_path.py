@@ -14,7 +14,7 @@ from stealkit.data.imageset import ImageSet
 from stealkit.models.encoder import build_encoder, embed, is_channels_last
 from stealkit.targets import LocalTarget
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.precision]
 
 
 @pytest.fixture

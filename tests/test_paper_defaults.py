@@ -15,7 +15,7 @@ from stealkit.losses import stolen_encoder_loss
 from stealkit.models.encoder import build_encoder, embed
 from stealkit.targets import LocalTarget
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.precision]
 
 
 def _set(n=64, seed=0):

@@ -7,6 +7,8 @@ from stealkit.pretrain.config import PretrainConfig
 from stealkit.pretrain.trainer import MoCoModel, pretrain
 from stealkit.models.encoder import build_encoder
 
+pytestmark = pytest.mark.precision  # CI runs these a second time with STEALKIT_BF16=on
+
 
 def _images(n=64, seed=0):
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))

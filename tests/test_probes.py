@@ -1,5 +1,7 @@
 """Downstream probes against independent references: a hand-computed and a numpy kNN, an
-nn.Sequential/torch.optim.Adam MLP trained alone, separable blobs and random labels."""
+nn.Sequential/torch.optim.Adam MLP trained alone (features normalised by hand with numpy, dropout
+masks applied by hand), separable blobs and random labels. Comparisons with the fp32 reference pin
+fp32 (amp=False); bf16 training has its own test with a measured tolerance."""
 
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ from stealkit.probes import (
     train_linear_probes,
     train_probes,
 )
-from stealkit.probes.mlp import BatchedMLP
+from stealkit.probes.mlp import BatchedMLP, MLPRawConfig
+from stealkit.runtime import derived_seed
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.precision]  # see conftest.one_thread
 
 
 def blobs(n, d=32, c=4, sep=4.0, seed=0):
@@ -92,14 +95,19 @@ def test_knn_matches_numpy_reference_with_chunking(k, t):
 # --------------------------------------------------------------------------- MLP / linear
 
 
-def test_mlp_defaults_are_the_papers_and_layer_sizes():
+def test_mlp_defaults_are_the_papers_and_the_released_codes_and_layer_sizes():
     c = MLPConfig()
-    assert (c.hidden, c.lr, c.batch_size, c.epochs, c.normalize) == ((512, 256), 1e-4, 256, 500, False)
+    # paper (Section V-A 3): 512-256, Adam 1e-4, batch 256, 500 epochs; released code: normalised input, Dropout(0.5)
+    assert (c.hidden, c.lr, c.batch_size, c.epochs, c.normalize, c.dropout) == ((512, 256), 1e-4, 256, 500, True, 0.5)
+    raw = MLPRawConfig()
+    assert (raw.hidden, raw.lr, raw.epochs, raw.normalize, raw.dropout) == ((512, 256), 1e-4, 500, False, 0.0)
     model = BatchedMLP([20, 12], c.hidden, 7, seeds=[0, 1])
     assert [tuple(w.shape) for w in model.weights] == [(2, 20, 512), (2, 512, 256), (2, 256, 7)]
     seq = model.export(1)
     assert [(m.in_features, m.out_features) for m in seq if isinstance(m, nn.Linear)] == [(12, 512), (512, 256), (256, 7)]
     assert sum(isinstance(m, nn.ReLU) for m in seq) == 2
+    released = [type(m).__name__ for m in model.export(1, normalize=True, dropout=0.5)]
+    assert released == ["L2Normalize", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]  # nn_classifier.py's order
     assert torch.all(model.weights[0][1, 12:] == 0)  # padded input rows of the 12-d probe
     with pytest.raises(ValueError, match="unknown probe config"):
         MLPConfig.make(learning_rate=1.0)
@@ -128,8 +136,19 @@ def test_random_labels_give_chance_on_held_out(probe, cfg):
     assert abs(r["accuracy"] - 0.25) < 0.05  # sd of chance accuracy on 2000 is 0.01
 
 
-def reference_alone(x, y, xt, d, hidden, c, seed, epochs, lr, bs):
-    """A second implementation: nn.Sequential + torch.optim.Adam, same init law and shuffle stream."""
+def unit_rows_numpy(x):
+    """Rows scaled to unit ℓ2 norm, by hand in float64 numpy (independent of torch's F.normalize)."""
+    a = x.double().numpy()
+    return torch.from_numpy(a / np.sqrt((a * a).sum(axis=1, keepdims=True))).float()
+
+
+def reference_alone(x, y, xt, d, hidden, c, seed, epochs, lr, bs, normalize=False, dropout=0.0):
+    """A second implementation: nn.Sequential + torch.optim.Adam, same init law and shuffle stream. With
+    normalize, features are scaled to unit norm by hand (numpy); with dropout p, the first hidden layer's
+    ReLU output is multiplied by the released probe's mask law: per step, u = rand(B, h1) from the probe's
+    dropout stream, kept (×1/(1-p)) where u >= p."""
+    if normalize:
+        x, xt = unit_rows_numpy(x), unit_rows_numpy(xt)
     g = torch.Generator().manual_seed(seed)
     dims, mods = [d, *hidden, c], []
     for fan_in, fan_out in zip(dims[:-1], dims[1:]):
@@ -144,15 +163,28 @@ def reference_alone(x, y, xt, d, hidden, c, seed, epochs, lr, bs):
     net = nn.Sequential(*mods[:-1])
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     shuffle = torch.Generator().manual_seed(seed)
+    drops = torch.Generator().manual_seed(derived_seed("probe-dropout", seed))
+
+    def forward(inp, train):
+        if not hidden:
+            return net(inp)
+        h = net[1](net[0](inp))  # first Linear + ReLU
+        if train and dropout:
+            h = h * (torch.rand(h.shape, generator=drops) >= dropout).float() / (1 - dropout)
+        return net[2:](h)
+
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=shuffle)
         for s in range(0, len(x), bs):
             i = perm[s : s + bs]
             opt.zero_grad()
-            F.cross_entropy(net(x[i]), y[i]).backward()
+            F.cross_entropy(forward(x[i], True), y[i]).backward()
             opt.step()
     with torch.no_grad():
-        return net(xt).argmax(1), net
+        return forward(xt, False).argmax(1), net
+
+
+BF16_WEIGHT_TOL = 0.07  # see test_bf16_probe_stays_within_measured_tolerance_of_fp32
 
 
 @pytest.mark.parametrize("hidden", [(512, 256), ()])
@@ -164,26 +196,90 @@ def test_batched_probes_equal_each_probe_trained_alone(hidden):
     tests = [xt, xt[:, :16], xt]
     labels = [y, y, y_rand]
     seeds = [0, 1, 2]
-    cfg = dict(hidden=hidden, epochs=4, lr=1e-3, batch_size=32)  # 150 % 32 != 0: a short last batch
+    # 150 % 32 != 0: a short last batch; fp32 pinned (the reference is fp32); the released probe's normalised
+    # input and dropout included
+    cfg = dict(hidden=hidden, epochs=4, lr=1e-3, batch_size=32, amp=False)
     batched = train_probes(feats, labels, tests, yt, num_classes=4, seeds=seeds, device="cpu", **cfg)
     for p in range(3):
-        ref_pred, _ = reference_alone(feats[p], labels[p], tests[p], feats[p].shape[1], hidden, 4, seeds[p], 4, 1e-3, 32)
+        ref_pred, _ = reference_alone(feats[p], labels[p], tests[p], feats[p].shape[1], hidden, 4, seeds[p], 4, 1e-3, 32,
+                                      normalize=True, dropout=0.5)
         assert (batched[p].predictions == ref_pred).float().mean() >= 0.99
         assert batched[p].accuracy == pytest.approx(float((ref_pred == yt).float().mean()), abs=0.01)
         alone = train_probes(feats[p], labels[p], tests[p], yt, num_classes=4, seeds=[seeds[p]], device="cpu", **cfg)[0]
         assert (alone.predictions == batched[p].predictions).float().mean() >= 0.99
 
 
-def test_batched_weights_match_reference_closely():
+@pytest.mark.parametrize("probe,normalize,dropout", [("mlp", True, 0.5), ("mlp-raw", False, 0.0)])
+def test_batched_weights_match_reference_closely(probe, normalize, dropout):
+    """fp32 pinned (amp=False): the reference is an fp32 loop, and bf16 would differ by far more than 1e-5."""
     x, y = blobs(96, d=8, sep=1.0)
+    x = x * torch.linspace(0.05, 40.0, 96)[:, None]  # row norms over three decades: normalisation matters
     xt, _ = blobs(32, d=8, seed=1)
-    _, net = reference_alone(x, y, xt, 8, (512, 256), 4, 5, 3, 1e-3, 32)
+    _, net = reference_alone(x, y, xt, 8, (512, 256), 4, 5, 3, 1e-3, 32, normalize=normalize, dropout=dropout)
+    from stealkit.probes.evaluate import probe_config_class
+
     res = train_probes([x, x], y, [xt, xt], torch.zeros(32, dtype=torch.long), num_classes=4, seeds=[7, 5],
-                       device="cpu", epochs=3, lr=1e-3, batch_size=32)
+                       device="cpu", config_class=probe_config_class(probe), epochs=3, lr=1e-3, batch_size=32, amp=False)
     assert isinstance(res[1].classifier, nn.Sequential)
     exported = res[1].classifier
     for a, b in zip(exported.parameters(), net.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_released_probe_equals_raw_probe_on_features_normalised_by_hand():
+    """`mlp` on raw features == `mlp-raw` with the same dropout on numpy-normalised features (a probe that
+    normalised anything else, or in another place, would drift apart); and it ignores each row's scale."""
+    x, y = blobs(200, d=16, sep=0.8)
+    xt, yt = blobs(100, d=16, sep=0.8, seed=1)
+    scale = torch.exp(torch.randn(200, 1, generator=torch.Generator().manual_seed(4)) * 2)  # norms from ~0.02× to ~50×
+    cfg = dict(epochs=6, lr=1e-3, batch_size=64, amp=False)
+    released = evaluate_features(x * scale, y, xt, yt, probe="mlp", device="cpu", **cfg)
+    by_hand = evaluate_features(unit_rows_numpy(x), y, unit_rows_numpy(xt), yt, probe="mlp-raw", device="cpu",
+                                dropout=0.5, **cfg)
+    assert torch.equal(released["predictions"], by_hand["predictions"])
+    assert released["config"]["normalize"] is True and released["config"]["dropout"] == 0.5
+    raw = evaluate_features(x * scale, y, xt, yt, probe="mlp-raw", device="cpu", dropout=0.5, **cfg)
+    assert not torch.equal(raw["predictions"], released["predictions"])  # the scales do reach a raw probe
+
+
+def test_dropout_is_training_only_and_keeps_the_expected_fraction():
+    from stealkit.probes.mlp import dropout_generators, dropout_scales
+
+    s = dropout_scales(dropout_generators([0, 1]), 256, 512, 0.5, "cpu")
+    assert s.shape == (2, 256, 512) and set(s.unique().tolist()) == {0.0, 2.0}
+    assert abs(float((s == 0).float().mean()) - 0.5) < 0.01  # 262,144 Bernoulli draws: sd 0.001
+    assert not torch.equal(s[0], s[1])  # each probe its own stream
+    x, y = blobs(128, d=8)
+    r = train_probes(x, y, x, y, device="cpu", epochs=3, lr=1e-3, batch_size=64, amp=False)[0]
+    clf = r.classifier
+    assert not clf.training  # exported in eval mode: dropout off
+    with torch.no_grad():
+        again = clf(x * 3.0).argmax(1)  # raw features in, the exported probe normalises
+    assert torch.equal(again, r.predictions) and torch.equal(clf(x).argmax(1), again)
+
+
+def test_bf16_probe_stays_within_measured_tolerance_of_fp32():
+    """On a CPU with bf16 units the probe trains in bf16 autocast (amp=True). Measured on blobs like these
+    (5 data seeds, 20 epochs, lr 1e-3; Xeon with AMX-BF16, torch 2.14.1): the largest weight difference
+    between bf16 and fp32 was 0.022-0.035, predictions agreed on 100% of test points and accuracies were
+    equal. The bounds (2× the largest difference, 95% agreement, 3 points) leave a margin. Forced on with
+    STEALKIT_BF16=on it runs on any CPU (emulated where there are no bf16 units)."""
+    x, y = blobs(256, d=16, sep=0.8)
+    xt, yt = blobs(256, d=16, sep=0.8, seed=1)
+    import os
+
+    old = os.environ.get("STEALKIT_BF16")
+    os.environ["STEALKIT_BF16"] = "on"
+    try:
+        bf = train_probes(x, y, xt, yt, device="cpu", epochs=20, lr=1e-3, batch_size=64, amp=True)[0]
+    finally:
+        os.environ.pop("STEALKIT_BF16") if old is None else os.environ.__setitem__("STEALKIT_BF16", old)
+    fp = train_probes(x, y, xt, yt, device="cpu", epochs=20, lr=1e-3, batch_size=64, amp=False)[0]
+    assert bf.config["bf16"] is True and fp.config["bf16"] is False
+    worst = max(float((a - b).detach().abs().max()) for a, b in zip(bf.classifier.parameters(), fp.classifier.parameters()))
+    assert 0 < worst < BF16_WEIGHT_TOL
+    assert float((bf.predictions == fp.predictions).float().mean()) >= 0.95
+    assert abs(bf.accuracy - fp.accuracy) <= 0.03
 
 
 def test_eval_every_records_history():

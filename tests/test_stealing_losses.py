@@ -10,6 +10,8 @@ import torch
 
 from stealkit.losses import cont_steal_loss, infonce_loss, mse_loss, soft_nn_loss, wasserstein_loss
 
+pytestmark = pytest.mark.precision  # CI runs these a second time with STEALKIT_BF16=on
+
 
 def _batch(n=4, d=5, seed=0, positive=False):
     rng = np.random.default_rng(seed)

@@ -71,7 +71,8 @@ def list_probes():
     """Downstream probes (`probe: {kind: ..., config: {...}}`)."""
     from stealkit.probes.evaluate import PROBES, probe_config_class
 
-    what = {"mlp": "the StolenEncoder paper's MLP classifier (Section V-A 3)", "linear": "multinomial logistic regression (Adam or L-BFGS)",
+    what = {"mlp": "the StolenEncoder paper's MLP classifier (Section V-A 3) as the authors released it: L2-normalised features, Dropout(0.5)",
+            "mlp-raw": "the same MLP on raw features without dropout (stealkit's earlier probe)", "linear": "multinomial logistic regression (Adam or L-BFGS)",
             "knn": "weighted kNN on L2-normalised features (InstDisc/SimCLR monitor)"}
     _table("probes", [(k, what.get(k, ""), _pydantic_settings(probe_config_class(k))) for k in PROBES])
 

@@ -74,7 +74,7 @@ def pretrain(
 def evaluate(
     checkpoint: list[Path] = typer.Argument(..., help="encoder checkpoint(s) (.safetensors with .json sidecar; see stealkit import)"),
     downstream: list[str] = typer.Option(["mnist", "gtsrb"], "--downstream", "-d", help="downstream dataset(s)"),
-    probe: str = typer.Option("mlp", help="mlp | linear | knn"),
+    probe: str = typer.Option("mlp", help="mlp (released: normalised features, dropout 0.5) | mlp-raw | linear | knn"),
     epochs: Optional[int] = typer.Option(None, min=1, help="probe epochs (mlp default 500, the paper's)"),
     train_limit: Optional[int] = typer.Option(None, min=1, help="use a random subset of this many downstream training images"),
     test_limit: Optional[int] = typer.Option(None, min=1, help="use a random subset of this many downstream test images"),
@@ -130,7 +130,7 @@ def evaluate(
         t1 = time.perf_counter()
         console.print(f"{ds}: features in {t1 - t0:.0f} s; training {len(encoders)} {probe} probe(s)")
         res = evaluate_feature_sets(tr, train.labels, te, test.labels, probe, train.num_classes, device=dev,
-                                    **({**cfg, "progress": True} if probe == "mlp" else cfg))
+                                    **({**cfg, "progress": True} if probe in ("mlp", "mlp-raw") else cfg))
         sizes[ds] = {"train": len(train), "test": len(test), "classes": train.num_classes,
                      "feature_seconds": t1 - t0, "probe_seconds": time.perf_counter() - t1}
         for name, r in zip(encoders, res):

@@ -4,7 +4,9 @@ Stages per config: validate every row (before any work) -> victims (cached by se
 per row (queries cached, training resumable, stolen encoder saved) -> downstream probes for the victim
 and all stolen encoders of a downstream set trained together -> TA, SA, SA/TA, #queries, cost,
 fidelity, the defence's cost to honest users -> report. Work already done (victim, queries, stolen
-encoder, finished rows) is skipped on a rerun. A run that produced no result is an error.
+encoder, finished rows) is skipped on a rerun; a finished row is also kept under
+STEALKIT_CACHE/rows/<row key>, so another config with the same row (same attack settings, seed,
+surrogate, victim bytes, answers) reuses it. A run that produced no result is an error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -120,6 +124,10 @@ def steal_row(run: Run, row: Row, victim, victim_info: dict, device) -> RowResul
     stolen_path = row_dir / "stolen"
     steal_file = row_dir / "steal.json"
     name = VictimSpec(**row.victim).display()
+    shared = row_cache_dir(key)
+    if not (checkpoint_exists(stolen_path) and steal_file.exists()) and _finished_row(shared):
+        _copy_row(shared, row_dir)
+        run.echo(f"[{label}] finished row {key} found in {shared.parent}")
     if checkpoint_exists(stolen_path) and steal_file.exists():
         run.echo(f"[{label}] stolen encoder cached")
         cached = json.loads(steal_file.read_text())
@@ -144,8 +152,35 @@ def steal_row(run: Run, row: Row, victim, victim_info: dict, device) -> RowResul
                     queries_from_cache=result.info.get("queries_from_cache", 0), settings=attack.describe(), log=result.log,
                     encoder=result.encoder)
     steal_file.write_text(json.dumps(out.steal_record(), indent=2, default=str))
+    _copy_row(row_dir, shared)
     run.metric(stage="steal", row=key, **{k: v for k, v in out.steal_record().items() if k != "log"})
     return out
+
+
+ROW_FILES = ("stolen.safetensors", "stolen.json", "steal.json")
+
+
+def row_cache_dir(key: str) -> Path:
+    """Where a finished row (stolen encoder + steal.json) is kept for every run: STEALKIT_CACHE/rows/<key>."""
+    from stealkit.data.cache import resolve_cache_dir
+
+    return resolve_cache_dir() / "rows" / key
+
+
+def _finished_row(folder: Path) -> bool:
+    return all((folder / f).exists() for f in ROW_FILES)
+
+
+def _copy_row(src: Path, dst: Path) -> None:
+    """Copy a finished row's files; each lands under a temporary name first, steal.json (the mark of a
+    finished row) last, so a reader never sees half a row."""
+    if not _finished_row(src) or src.resolve() == dst.resolve():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ROW_FILES:
+        tmp = dst / (f + ".tmp")
+        shutil.copyfile(src / f, tmp)
+        os.replace(tmp, dst / f)
 
 
 def _cosine_fidelity(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -291,6 +326,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, ech
     return results
 
 
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process and its finished children so far, GiB (Linux reports KiB)."""
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(kib / 2**20, 3)
+
+
 def _write_results(run: Run, device, victim_infos, rows_out: list[RowResult], failures, missing_ds, t_start, complete: bool) -> dict:
     """results.json as it stands; written after every stolen encoder and every downstream set, so a run
     cut off part-way (a time limit, a crash) still leaves what it finished ("complete": false)."""
@@ -314,6 +355,7 @@ def _write_results(run: Run, device, victim_infos, rows_out: list[RowResult], fa
         "sweep": cfg.sweep.model_dump() if cfg.sweep else None,
         "stage_seconds": dict(run.stage_seconds),
         "wall_seconds": time.perf_counter() - t_start,
+        "peak_rss_gib": peak_rss_gib(),
     }
     tmp = run.dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str))

@@ -3,7 +3,8 @@
 StolenEncoder (Liu et al., CCS'22), Section V-A 3) and V-A 5): TA is the test accuracy of a
 downstream classifier trained on the target encoder's features, SA the same for the stolen
 encoder; both use the paper's MLP classifier by default. Accuracies here are fractions in [0, 1]
-(the paper prints percentages). `prediction_agreement` is the fidelity of two classifiers' test
+(the paper prints percentages). `mlp` is the probe as the authors released it (L2-normalised
+features, Dropout(0.5)); `mlp-raw` is the same network on raw features without dropout. `prediction_agreement` is the fidelity of two classifiers' test
 predictions.
 """
 
@@ -20,7 +21,7 @@ from stealkit.probes.knn import knn_predict
 from stealkit.probes.linear import train_linear_probes
 from stealkit.probes.mlp import ProbeResult, per_probe, train_probes
 
-PROBES = ("mlp", "linear", "knn")
+PROBES = ("mlp", "mlp-raw", "linear", "knn")
 
 
 def _as_dict(r: ProbeResult, probe: str) -> dict:
@@ -35,9 +36,10 @@ def evaluate_feature_sets(train_feats: Sequence[torch.Tensor], train_labels, tes
 
     mlp and linear (Adam) train all P probes in one batched model; knn and linear (L-BFGS) loop.
     """
-    if probe == "mlp":
+    if probe in ("mlp", "mlp-raw"):
         return [_as_dict(r, probe) for r in train_probes(train_feats, train_labels, test_feats, test_labels,
-                                                         num_classes, device=device, **probe_cfg)]
+                                                         num_classes, device=device,
+                                                         config_class=probe_config_class(probe), **probe_cfg)]
     if probe == "linear":
         return [_as_dict(r, probe) for r in train_linear_probes(train_feats, train_labels, test_feats, test_labels,
                                                                 num_classes, device=device, **probe_cfg)]
@@ -63,9 +65,9 @@ def probe_config_class(kind: str):
     """The strict settings model of a probe kind (the registry of probes: PROBES)."""
     from stealkit.probes.knn import KNNConfig
     from stealkit.probes.linear import LinearConfig
-    from stealkit.probes.mlp import MLPConfig
+    from stealkit.probes.mlp import MLPConfig, MLPRawConfig
 
-    classes = {"mlp": MLPConfig, "linear": LinearConfig, "knn": KNNConfig}
+    classes = {"mlp": MLPConfig, "mlp-raw": MLPRawConfig, "linear": LinearConfig, "knn": KNNConfig}
     if kind not in classes:
         import difflib
 

@@ -53,7 +53,7 @@ def train_linear_probes(train_feats, train_labels, test_feats, test_labels, num_
     if c.optimizer == "adam":
         keep = {k: v for k, v in c.model_dump().items() if k != "optimizer"}
         results = train_probes(train_feats, train_labels, test_feats, test_labels, num_classes, seeds, device,
-                               hidden=(), **keep)
+                               hidden=(), dropout=0.0, **keep)
         for r in results:
             r.config["optimizer"] = "adam"
         return results

@@ -1,8 +1,12 @@
 """The paper's downstream classifier, trained on frozen features; several probes at once.
 
-StolenEncoder (Liu et al., CCS'22), Section V-A 3): a fully connected network with two hidden
-layers of 512 and 256 neurons, ReLU, softmax output (cross-entropy), Adam with learning rate 1e-4,
-batch size 256, 500 epochs. Features are used raw by default (`normalize=True` L2-normalises them).
+StolenEncoder (Liu, Jia, Liu, Gong, CCS 2022, arXiv:2201.05889), Section V-A 3): a fully connected
+network with two hidden layers of 512 and 256 neurons, ReLU, softmax output (cross-entropy), Adam with
+learning rate 1e-4, batch size 256, 500 epochs. The paper is silent on the input and on regularisation;
+the authors' released code (liu00222/StolenEncoder, `code/evaluate_surrogate_encoder.py` and
+`code/nn_classifier.py`) L2-normalises every feature vector before the probe and applies Dropout(0.5)
+after the first hidden layer's ReLU. That released form is the `mlp` probe's default; `mlp-raw`
+(`MLPRawConfig`) is stealkit's earlier form: raw features, no dropout.
 
 Training is launch-bound (many small steps), so P independent probes are stacked into one model:
 layer weights P×in×out applied with `torch.baddbmm`. Each probe has its own features (P×N×D_p,
@@ -60,19 +64,29 @@ class ProbeConfig(BaseModel):
 
 
 class MLPConfig(ProbeConfig):
-    """Defaults are the paper's (StolenEncoder, Section V-A 3): 512-256 ReLU MLP, Adam 1e-4, batch 256, 500 epochs."""
+    """Defaults are the paper's (StolenEncoder, Section V-A 3): 512-256 ReLU MLP, Adam 1e-4, batch 256,
+    500 epochs; and, where the paper is silent, the released code's: L2-normalised features, Dropout(0.5)
+    after the first hidden layer (training only)."""
 
     hidden: tuple[int, ...] = (512, 256)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(500, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    normalize: bool = False  # L2-normalise features before the probe
+    normalize: bool = True  # L2-normalise features before the probe (released code)
+    dropout: float = Field(0.5, ge=0, lt=1)  # after the first hidden layer's ReLU, training only (released code)
     seed: int = 0  # default seed of every probe (init and shuffle); override per probe with `seeds`
     eval_every: int = Field(0, ge=0)  # >0: record (and log) test accuracy every k epochs
     eval_batch_size: int = Field(8192, ge=1)
     progress: bool = False  # tqdm bar over epochs
     amp: bool = True  # bf16 autocast for training steps on CPUs with bf16 units (runtime.bf16_enabled); fp32 elsewhere
+
+
+class MLPRawConfig(MLPConfig):
+    """stealkit's earlier MLP probe (`mlp-raw`): the paper's network on raw features, without dropout."""
+
+    normalize: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 @dataclass
@@ -123,17 +137,22 @@ class BatchedMLP(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.stack([layers[layer][1] for layers in per_probe])[:, None, :]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dropout_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x P×B×D_max -> logits P×B×C. dropout_scale P×B×h1 (0 or 1/(1-p)) multiplies the first hidden
+        layer after its ReLU (inverted dropout, as nn.Dropout in training); None: evaluation."""
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = F.relu(x)
+                if i == 0 and dropout_scale is not None:
+                    x = x * dropout_scale.to(x.dtype)
         return x
 
-    def export(self, p: int) -> nn.Sequential:
-        """Probe p as a plain nn.Sequential of Linear/ReLU (input dimension dims[p])."""
-        mods: list[nn.Module] = []
+    def export(self, p: int, normalize: bool = False, dropout: float = 0.0) -> nn.Sequential:
+        """Probe p as a plain nn.Sequential (input: raw features of dimension dims[p]): L2Normalize first when
+        it was trained on normalised features, Linear/ReLU, and Dropout(dropout) where it trained with one."""
+        mods: list[nn.Module] = [L2Normalize()] if normalize else []
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             wp = w[p, : self.in_dims[p]] if i == 0 else w[p]
@@ -144,7 +163,31 @@ class BatchedMLP(nn.Module):
             mods.append(lin)
             if i < last:
                 mods.append(nn.ReLU())
+                if i == 0 and dropout:
+                    mods.append(nn.Dropout(dropout))
         return nn.Sequential(*mods)
+
+
+class L2Normalize(nn.Module):
+    """N×D -> N×D rows scaled to unit ℓ2 norm (the probe's input step when it trained on normalised features)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1)
+
+
+def dropout_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per probe for its dropout masks, a stream apart from its init and shuffle."""
+    from stealkit.runtime import derived_seed
+
+    return [torch.Generator().manual_seed(derived_seed("probe-dropout", int(s))) for s in seeds]
+
+
+def dropout_scales(gens: list[torch.Generator], batch: int, width: int, p: float, device) -> torch.Tensor:
+    """Inverted-dropout multipliers P×batch×width: 0 with probability p, else 1/(1-p); drawn per probe on
+    its CPU generator (uniforms `torch.rand(batch, width)`; kept where u >= p), so a probe's masks do not
+    depend on which probes train beside it or on the device."""
+    u = torch.stack([torch.rand(batch, width, generator=g) for g in gens])
+    return ((u >= p).float() / (1.0 - p)).to(device, non_blocking=True)
 
 
 def _stack_feats(feats: list[torch.Tensor], normalize: bool, device: torch.device) -> torch.Tensor:
@@ -161,24 +204,27 @@ def _predict(model: BatchedMLP, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([model(x[:, s : s + chunk]).argmax(-1) for s in range(0, x.shape[1], chunk)], dim=1)
 
 
-def _step_loss(model, X, Y, idx, weight=None, amp: bool = False):
+def _step_loss(model, X, Y, idx, weight=None, amp: bool = False, dropout_scale=None):
     """Per-probe mean cross-entropy of the samples idx P×B (weight B: 1 valid, 0 padding) -> P.
-    amp: the layers in bf16 autocast (the loss in fp32)."""
+    amp: the layers in bf16 autocast (the loss in fp32). dropout_scale: P×B×h1 (see `dropout_scales`)."""
     rows = torch.arange(X.shape[0], device=X.device)[:, None]
     with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(X[rows, idx]).float()
+        logits = model(X[rows, idx], dropout_scale).float()
     ce = F.cross_entropy(logits.flatten(0, 1), Y[rows, idx].flatten(), reduction="none").view(idx.shape)
     return ce.mean(1) if weight is None else (ce * weight).sum(1) / weight.sum()
 
 
-def _eager_epoch(model, opt, X, Y, batch_size, epoch_loss, amp: bool = False):
-    """One epoch over perm P×N, step by step (a short last batch when B does not divide N)."""
+def _eager_epoch(model, opt, X, Y, batch_size, epoch_loss, amp: bool = False, dropout: float = 0.0, drop_gens=None):
+    """One epoch over perm P×N, step by step (a short last batch when B does not divide N); with dropout,
+    each step draws its masks after the epoch's permutation, from the probes' own generators."""
+    width = model.sizes[1] if len(model.sizes) > 2 else 0
 
     def run(perm):
         epoch_loss.zero_()
         for s in range(0, perm.shape[1], batch_size):
             idx = perm[:, s : s + batch_size]
-            loss_p = _step_loss(model, X, Y, idx, amp=amp)
+            scale = dropout_scales(drop_gens, idx.shape[1], width, dropout, X.device) if dropout and width else None
+            loss_p = _step_loss(model, X, Y, idx, amp=amp, dropout_scale=scale)
             opt.zero_grad(set_to_none=True)
             loss_p.sum().backward()
             opt.step()
@@ -189,17 +235,17 @@ def _eager_epoch(model, opt, X, Y, batch_size, epoch_loss, amp: bool = False):
 
 def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None,
                  seeds: Sequence[int] | None = None, device: torch.device | str | None = None,
-                 **cfg) -> list[ProbeResult]:
+                 config_class: type[MLPConfig] | None = None, **cfg) -> list[ProbeResult]:
     """Train P probes together; probe p sees (train_feats[p], train_labels[p]) and is tested on test_feats[p].
 
     train_feats: list of P float tensors N×D_p (or one N×D tensor for P=1); labels: int64 N, shared, or
     one per probe; test_feats: list of M×D_p. seeds: one per probe (default: cfg seed for all, so probes
-    on different features see the same init and batch order). cfg: MLPConfig fields.
-    Returns one ProbeResult per probe.
+    on different features see the same init and batch order). cfg: fields of `config_class` (default
+    MLPConfig, the released probe; MLPRawConfig for `mlp-raw`). Returns one ProbeResult per probe.
     """
     from stealkit.runtime import pick_device
 
-    c = MLPConfig.make(**cfg)
+    c = (config_class or MLPConfig).make(**cfg)
     device = pick_device(None if device is None else str(device))
     xs, ys, xt, yt = per_probe(train_feats, train_labels, test_feats, test_labels)
     P = len(xs)
@@ -233,7 +279,8 @@ def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes
     from stealkit.runtime import bf16_enabled
 
     amp = c.amp and device.type == "cpu" and bf16_enabled(device)  # CPUs with bf16 units; fp32 on GPUs (fast anyway)
-    run_epoch = _eager_epoch(model, opt, X, Y, c.batch_size, epoch_loss, amp=amp)
+    run_epoch = _eager_epoch(model, opt, X, Y, c.batch_size, epoch_loss, amp=amp, dropout=c.dropout,
+                             drop_gens=dropout_generators(seeds) if c.dropout else None)
 
     epochs = range(c.epochs)
     bar = None
@@ -266,7 +313,8 @@ def train_probes(train_feats, train_labels, test_feats, test_labels, num_classes
     model = model.cpu()
     conf = {**c.model_dump(), "num_classes": num_classes, "probes_in_batch": P, "device": str(device), "bf16": amp}
     return [ProbeResult(acc[p], pred[p].clone(), train_acc[p], final[p], seconds, history[p],
-                        {**conf, "seed": seeds[p]}, model.export(p).eval()) for p in range(P)]
+                        {**conf, "seed": seeds[p]}, model.export(p, c.normalize, c.dropout if c.hidden else 0.0).eval())
+            for p in range(P)]
 
 
 def train_mlp_probe(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None,
