@@ -12,6 +12,7 @@ from stealkit.attacks.base import ATTACKS, build_attack
 from stealkit.data.embedded import make_synthetic
 from stealkit.models.encoder import build_encoder
 from stealkit.targets.local import LocalTarget
+from stealkit.userinput import UserError
 
 import stealkit.attacks.cont_steal  # noqa: F401  (registers cont-steal)
 import stealkit.attacks.loss_steal  # noqa: F401  (registers steal-*)
@@ -62,8 +63,16 @@ def test_icml_loss_attacks_spend_d_queries(victim, surrogate, name):
 
 
 def test_unknown_config_key_fails():
-    with pytest.raises(Exception):
+    """A misspelt key is a UserError (a ValueError) that names the attack and the key and suggests the right one;
+    a correct key with a wrong type is still a UserError, and a known key builds."""
+    with pytest.raises(UserError, match=r"attack 'cont-steal': config\.temprature: unknown setting; did you mean 'temperature'") as info:
         build_attack("cont-steal", {"temprature": 0.1})
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(UserError, match=r"config\.temperature: Input should be a valid number.*got 'abc'"):
+        build_attack("cont-steal", {"temperature": "abc"})
+    with pytest.raises(UserError, match=r"config\.temperature: Input should be greater than 0"):
+        build_attack("cont-steal", {"temperature": -1})
+    assert build_attack("cont-steal", {"temperature": 0.1}).config.temperature == 0.1
 
 
 class Recording(LocalTarget):
