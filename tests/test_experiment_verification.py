@@ -8,11 +8,17 @@ import json
 import pytest
 import torch
 
+from scipy.stats import binomtest, wilcoxon
+from scipy.stats import t as student_t
+
 from stealkit.experiment.config import ExperimentConfig
+from stealkit.experiment.victims import load_data
+from stealkit.models.checkpoint import load_encoder
+from stealkit.pretrain.config import DataSpec
 from stealkit.experiment.verification import parse_verify, verify_rows
 from stealkit.models.checkpoint import save_encoder
 from stealkit.models.encoder import build_encoder
-from stealkit.verify.watermark import rotation_head, save_watermarked
+from stealkit.verify.watermark import head_path, load_watermark_head, rotation_head, save_watermarked
 
 SIZE = 16
 
@@ -72,9 +78,27 @@ def test_runner_writes_verification_p_values(tmp_path, checkpoints, monkeypatch)
             assert v[key]["verdict"]
         assert v["watermark"]["trials"] == 4 * 40
         assert v["dataset_inference"]["n_train"] + v["dataset_inference"]["n_fit"] == 120
-    # the victim reads its own head perfectly well above chance only if the head was trained; here it is
-    # random, so just check the references are the same for every row of the victim
+        # every dataset-inference p-value is the one-sided Student t-test's for the t and sample sizes reported
+        # (scipy's t law); every watermark's binomial p is scipy's binomtest on the counts reported
+        for key in ("dataset_inference", "dataset_inference (independent)", "dataset_inference (victim)"):
+            d = v[key]
+            assert d["p_value"] == pytest.approx(student_t.sf(d["t_statistic"], d["n_train"] + d["n_test"] - 2), rel=1e-9), key
+        for key in ("watermark", "watermark (victim)"):
+            w = v[key]
+            assert w["chance"] == 0.25 and w["accuracy"] == pytest.approx(w["correct"] / w["trials"])
+            assert w["p_binomial"] == pytest.approx(binomtest(w["correct"], w["trials"], 0.25, alternative="greater").pvalue, rel=1e-9), key
+    # the victim's reference is the same for every row of that victim...
     assert results["rows"][0]["verification"]["watermark (victim)"] == results["rows"][1]["verification"]["watermark (victim)"]
+    # ...and equals an independent count: the victim and its head called directly on torch.rot90 turns of the
+    # same 40 images, per-image hits, scipy's one-sided Wilcoxon (images at exactly chance dropped)
+    images = load_data(DataSpec(name="synthetic", split="test", limit=40, size=SIZE), None).images
+    enc, head = load_encoder(victim), load_watermark_head(head_path(victim))
+    with torch.no_grad():
+        hits = sum((head(enc(torch.rot90(images, r, dims=(2, 3)))).argmax(1) == r).double() for r in range(4))
+    ref = results["rows"][0]["verification"]["watermark (victim)"]
+    assert ref["correct"] == int(hits.sum())
+    d = (hits / 4 - 0.25).numpy()
+    assert ref["p_value"] == pytest.approx(wilcoxon(d[d != 0], alternative="greater").pvalue if (d != 0).any() else 1.0, rel=1e-9)
     report = (run_dir / "report.md").read_text()
     for col in ("dataset_inference p", "watermark p", "dataset_inference (independent) p"):
         assert col in report
@@ -96,7 +120,78 @@ def test_watermark_skipped_without_head(tmp_path, checkpoints):
     verify_rows(run, {row.victim_key: (enc, {"checkpoint": str(independent)})}, rows, "cpu")
     v = rows[0].verification
     assert v["watermark"]["p_value"] is None and "no watermark head" in v["watermark"]["skipped"]
-    assert 0.0 <= v["dataset_inference"]["p_value"] <= 1.0
+    d = v["dataset_inference"]
+    assert d["p_value"] == pytest.approx(student_t.sf(d["t_statistic"], d["n_train"] + d["n_test"] - 2), rel=1e-9)
+
+
+def _memorise(images: torch.Tensor, seed: int, classes: int = 4, epochs: int = 40) -> torch.nn.Module:
+    """A cnn_tiny encoder trained to fit random labels on `images`: it memorises them, so its representations
+    of exactly these images sit in tight clusters (what dataset inference detects)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    labels = torch.randint(0, classes, (len(images),), generator=g)
+    enc, head = build_encoder("cnn_tiny", input_size=SIZE), torch.nn.Linear(64, classes)
+    opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], 3e-3)
+    for _ in range(epochs):
+        for i in range(0, len(images), 64):
+            loss = torch.nn.functional.cross_entropy(head(enc(images[i : i + 64])), labels[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return enc.eval()
+
+
+def test_verify_rows_tells_a_copy_from_an_independent_encoder(tmp_path):
+    """A case whose answer is known: the victim memorised its private images; one row holds an exact copy of
+    it (what a perfect theft gives), another an encoder that memorised other images of the same distribution.
+    Dataset inference through verify_rows must call the copy stolen (p tiny, the same result as the victim's
+    own reference) and the other independent, and each p-value must equal scipy's ttest_ind (pooled variance,
+    one-sided) on the log-likelihoods of a mixture fitted by hand (sklearn) on the representations."""
+    import copy
+
+    from scipy.stats import ttest_ind
+    from sklearn.mixture import GaussianMixture
+
+    from stealkit.experiment.rows import Row, RowResult
+
+    torch.set_num_threads(1)
+    private_spec = {"name": "synthetic", "split": "train", "limit": 128, "size": SIZE}
+    private = load_data(DataSpec(**private_spec), None).images
+    victim = _memorise(private, 0)
+    other = load_data(DataSpec(name="synthetic", split="test", limit=128, size=SIZE), None).images
+    independent = _memorise(other, 1)
+    block = {"dataset_inference": {"private": private_spec, "public": {**private_spec, "seed": 1},
+                                   "n_components": 4, "views": "none"}, "victim": True}
+    run = _stub_run(tmp_path, "unused", block)
+    row = Row(victim={"label": "memoriser"}, attack={"name": "stolenencoder"}, surrogate={}, defence=None, sweep=None)
+    rows = [RowResult(row=row, key=k, label=k, victim="v", queries=0, cost=0.0, surrogate="-", surrogate_size=0, encoder=e)
+            for k, e in (("copy", copy.deepcopy(victim)), ("independent", independent))]
+    verify_rows(run, {row.victim_key: (victim, {})}, rows, "cpu")
+    got_copy, got_ind = rows[0].verification["dataset_inference"], rows[1].verification["dataset_inference"]
+    assert got_copy["p_value"] < 1e-6 and got_copy["verdict"].startswith("stolen")
+    assert got_ind["p_value"] > 0.01 and got_ind["verdict"].startswith("independent")
+    assert rows[0].verification["dataset_inference (victim)"]["p_value"] == got_copy["p_value"]
+
+    # the same test by hand: the seeded split, features normalised in float64, sklearn's mixture, scipy's t-test
+    public = load_data(DataSpec(**{**private_spec, "seed": 1}), None).images
+    seen = {x.numpy().tobytes() for x in private}
+    public = public[torch.tensor([x.numpy().tobytes() not in seen for x in public])]
+    assert got_copy["n_test"] == len(public) and got_copy["public_dropped_as_private"] == 128 - len(public)
+    perm = torch.randperm(128, generator=torch.Generator().manual_seed(0))
+    fit, train = private[perm[:64]], private[perm[64:]]
+    for enc, got in ((victim, got_copy), (independent, got_ind)):
+        def reps(x):
+            with torch.no_grad():
+                f = enc(x).double()
+            return (f / f.norm(dim=1, keepdim=True)).numpy()
+
+        gmm = GaussianMixture(4, covariance_type="diag", random_state=0, reg_covar=1e-6, max_iter=1000).fit(reps(fit))
+        a, b = gmm.score_samples(reps(train)), gmm.score_samples(reps(public))
+        ref = ttest_ind(a, b, equal_var=True, alternative="greater")
+        # rel 1e-4: stealkit normalises in float32, this in float64 (features differ by ~1e-7)
+        assert got["t_statistic"] == pytest.approx(ref.statistic, rel=1e-4)
+        assert got["p_value"] == pytest.approx(ref.pvalue, rel=1e-4, abs=1e-30)
+        assert got["mean_ll_train"] == pytest.approx(a.mean(), rel=1e-4) and got["mean_ll_test"] == pytest.approx(b.mean(), rel=1e-4)
 
 
 def _stub_run(tmp_path, checkpoint: str, verify: dict):
