@@ -30,6 +30,18 @@ def forward_flops(encoder) -> int:
     return int(counter.get_total_flops())
 
 
+def steal_batch_size(run: Path, row: dict) -> int:
+    """The row's stealing batch size as the attack resolved it (its config in the run, defaults filled in)."""
+    import yaml
+
+    from stealkit.attacks.base import attack_class
+
+    cfg = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    attacks = (cfg.get("attacks") or []) + ([cfg["attack"]] if cfg.get("attack") else [])
+    (attack,) = [a for a in attacks if a["name"] == row["attack"]]
+    return int(attack_class(attack["name"])(dict(attack.get("config") or {})).config.batch_size)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True)
@@ -48,8 +60,10 @@ def main() -> None:
     fv, fs = forward_flops(victim), forward_flops(stolen)
     steal_cfg = json.loads((run / "rows" / row["key"] / "steal.json").read_text())
     epochs = len(steal_cfg["log"])
-    n = row["surrogate_size"]
-    steal_flops = row["queries"] * fv + epochs * 2 * n * 3 * fs  # answers + training on clean and augmented views
+    batch = steal_batch_size(run, row)
+    n = (row["surrogate_size"] // batch) * batch  # the trainer takes floor(|D|/S) full batches per epoch (Algorithm 1)
+    # answers + training (forward and backward ≈ 3 forward passes) on the clean and the augmented view
+    steal_flops = row["queries"] * fv + epochs * 2 * n * 3 * fs
     victim_flops = args.victim_epochs * args.victim_images * 3 * fv
     lines = ["| downstream | TA (%) | SA (%) | SA/TA (%) | paper TA | paper SA | paper SA/TA |", "|---|---|---|---|---|---|---|"]
     table = []
@@ -69,7 +83,9 @@ def main() -> None:
     out = {"table": table, "queries": row["queries"], "cost_usd": row["cost"], "ledger": bill,
            "steal_seconds": row["query_seconds"] + row["train_seconds"], "wall_seconds": res["wall_seconds"],
            "flops": {"victim_forward": fv, "stolen_forward": fs, "stealing": steal_flops, "victim_training_estimate": victim_flops,
-                     "ratio": steal_flops / victim_flops, "assumed_victim_epochs": args.victim_epochs},
+                     "ratio": steal_flops / victim_flops, "assumed_victim_epochs": args.victim_epochs,
+                     "images_per_epoch": n, "batch_size": batch, "epochs": epochs},
+           "peak_rss_gib": res.get("peak_rss_gib"), "precision": res.get("precision"),
            "environment": res["environment"], "seed": res["seed"]}
     print("\n".join(lines))
     print(f"\n{row['queries']:,} queries, ${row['cost']:.2f} at $1.2 per 1,000" + (f"; the ledger billed {bill['queries']:,} queries, ${bill['cost']:.2f}" if bill else ""))

@@ -152,6 +152,14 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_kind_flags() -> list[str]:
+    """The CPU flags that decide which kernels run (AVX2 only, AVX512-BF16, AMX), for timing records."""
+    return [f for f in SPEED_FLAGS if f in cpu_flags()]
+
+
 def environment() -> dict:
     """Versions and device, written beside every checkpoint and result."""
     import stealkit
@@ -167,6 +175,8 @@ def environment() -> dict:
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name(),
         "threads": torch.get_num_threads(),
         "cpu_bf16_hardware": cpu_has_fast_bf16(),
+        "cpu_model": cpu_name(),
+        "cpu_flags": cpu_kind_flags(),
     }
     try:
         import torchvision
