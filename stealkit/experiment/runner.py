@@ -32,7 +32,7 @@ from stealkit.experiment.rows import Row, RowResult
 from stealkit.experiment.shadows import resolve_defence
 from stealkit.experiment.victims import get_victim, load_data, spec_key
 from stealkit.models.checkpoint import checkpoint_exists, load_encoder, save_encoder
-from stealkit.probes.evaluate import evaluate_feature_sets, prediction_agreement
+from stealkit.probes.evaluate import evaluate_feature_sets, prediction_agreement, probe_config_class
 from stealkit.probes.features import FeatureCache, extract_features
 from stealkit.runtime import environment, pick_device, precision_record
 from stealkit.targets import LocalTarget
@@ -348,6 +348,7 @@ def _write_results(run: Run, device, victim_infos, rows_out: list[RowResult], fa
         "price_per_1000": cfg.price_per_1000,
         "normalize_answers": cfg.normalize_answers,
         "probe": cfg.probe.model_dump(),
+        "probe_resolved": probe_config_class(cfg.probe.kind).make(**dict(cfg.probe.config)).model_dump(),
         "victims": {k: {kk: vv for kk, vv in v.items() if kk != "log"} for k, v in victim_infos.items()},
         "rows": [r.to_json() for r in rows_out],
         "failures": failures,
