@@ -14,19 +14,19 @@ class UserError(ValueError):
     """A mistake in what the user asked for (a config, a flag, a file): the message says what and what to do."""
 
 
-def parse_assignment(item: str, flag: str = "--set") -> tuple[str, Any]:
+def parse_assignment(item: str, flag: str = "--set", example: str = "attack.config.epochs=10") -> tuple[str, Any]:
     """'a.b=3' -> ('a.b', 3): the value is read as YAML (numbers, booleans, lists, null)."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"{flag} {item!r}: use KEY=VALUE, e.g. {flag} attack.config.epochs=10")
+        raise UserError(f"{flag} {item!r}: use KEY=VALUE, e.g. {flag} {example}")
     try:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError as exc:
         raise UserError(f"{flag} {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
-def parse_assignments(items: Iterable[str], flag: str = "--set") -> list[tuple[str, Any]]:
-    return [parse_assignment(i, flag) for i in items]
+def parse_assignments(items: Iterable[str], flag: str = "--set", example: str = "attack.config.epochs=10") -> list[tuple[str, Any]]:
+    return [parse_assignment(i, flag, example) for i in items]
 
 
 def describe(exc: ValidationError, where: str = "") -> str:
@@ -40,7 +40,9 @@ def describe(exc: ValidationError, where: str = "") -> str:
         elif e["type"] == "missing":
             lines.append(f"{path}: required")
         else:
-            lines.append(f"{path}: {e['msg']}" + (f" (got {e['input']!r})" if _short(e.get("input")) else ""))
+            msg = e["msg"].removeprefix("Value error, ")  # a validator's own sentence: no pydantic prefix
+            got = f" (got {e['input']!r})" if _short(e.get("input")) else ""
+            lines.append(f"{path}: {msg}{got}" if path else msg)
     return "; ".join(lines)
 
 

@@ -159,6 +159,29 @@ def test_more_files_than_the_batch_limit_is_413(server):
     not_billed(server)
 
 
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"images": ' + b"[" * 16 + b'"aGk="' + b"]" * 16 + b"}"],
+                         ids=["100000-brackets", "17-levels"])
+def test_json_nesting_bomb_is_422_naming_the_limit(server, body):
+    """Before: the JSON parser recursed until RecursionError, a 500. Now a scan refuses it before parsing."""
+    rows = len(server.ledger.records("mallory"))
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post("/v1/embeddings", content=body, headers={**auth(server.key), "Content-Type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == ('invalid JSON body: nesting deeper than 16 levels; '
+                                      'send {"images": [...]} or {"input": [...]} with base64 strings')
+    assert len(server.ledger.records("mallory")) == rows
+    not_billed(server)
+
+
+def test_json_nesting_at_the_limit_is_parsed(server):
+    """16 levels pass the scan and reach the schema, which names what is wrong."""
+    body = b'{"images": ' + b"[" * 15 + b'"aGk="' + b"]" * 15 + b"}"
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post("/v1/embeddings", content=body, headers={**auth(server.key), "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("invalid JSON body: images.0: Input should be a valid string"), r.text
+    not_billed(server)
+
+
 def _connect(server) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     s.settimeout(10)

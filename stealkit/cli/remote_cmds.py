@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from stealkit.cli.app import app
-from stealkit.cli.common import apply_data_root, console, fail
+from stealkit.cli.common import apply_data_root, check_arch, console, fail
 
 SPLIT_PREFIXES = ("folder:", "archive:")
 
@@ -31,17 +31,24 @@ def parse_surrogate(text: str) -> tuple[str, str]:
     return prefix + name, split
 
 
-def parse_sets(items: list[str]) -> dict:
-    """['epochs=10', 'arch=cnn_tiny'] -> {'epochs': 10, 'arch': 'cnn_tiny'} (values parsed as YAML)."""
-    import yaml
+def make_attacker(attack: str, items: list[str], seed: int):
+    """The attack `attack` with the --set KEY=VALUE settings (values read as YAML), checked before any
+    query: a bad key, value or architecture is a one-line error and exit 2."""
+    from stealkit.attacks import ATTACKS, build_attack
+    from stealkit.userinput import UserError, parse_assignments
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"--set {item!r}: use KEY=VALUE (a key of the attack's config)")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    if attack not in ATTACKS:
+        fail(f"unknown attack {attack!r}; choose one of {', '.join(sorted(ATTACKS))}")
+    try:
+        conf = dict(parse_assignments(items, example="epochs=10"))
+        if "seed" in ATTACKS[attack].Config.model_fields:
+            conf.setdefault("seed", seed)
+        attacker = build_attack(attack, conf)
+        if isinstance(getattr(attacker.config, "arch", None), str):
+            check_arch(attacker.config.arch, f"attack {attack!r}: config.arch")
+    except UserError as exc:
+        fail(str(exc))
+    return attacker
 
 
 @app.command("steal")
@@ -64,9 +71,7 @@ def steal(
     import tempfile
 
     import httpx
-    from pydantic import ValidationError
 
-    from stealkit.attacks import ATTACKS, build_attack
     from stealkit.data import DatasetNotFound, load_dataset
     from stealkit.experiment.victims import spec_key
     from stealkit.models.checkpoint import save_encoder
@@ -76,15 +81,7 @@ def steal(
 
     if not api_key:
         fail("no API key: pass --api-key or set $STEALKIT_API_KEY")
-    if attack not in ATTACKS:
-        fail(f"unknown attack {attack!r}; choose one of {', '.join(sorted(ATTACKS))}")
-    conf = parse_sets(set_)
-    if "seed" in ATTACKS[attack].Config.model_fields:
-        conf.setdefault("seed", seed)
-    try:
-        attacker = build_attack(attack, conf)
-    except ValidationError as exc:
-        fail(f"bad attack config for {attack}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    attacker = make_attacker(attack, set_, seed)
     apply_data_root(data_root)
     name, split = parse_surrogate(surrogate)
     try:

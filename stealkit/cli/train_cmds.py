@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from stealkit.cli.app import app
-from stealkit.cli.common import apply_data_root, console, fail
+from stealkit.cli.common import apply_data_root, check_arch, console, fail
 
 
 @app.command()
@@ -39,7 +39,7 @@ def pretrain(
     try:
         raw = yaml.safe_load(config.read_text()) or {}
         raw = raw.get("victim", {}).get("pretrain", raw) if "victim" in raw else raw
-        for k, v in parse_assignments(set_):
+        for k, v in parse_assignments(set_, example="epochs=100"):
             set_dotted(raw, k, v)
     except (OSError, yaml.YAMLError, UserError) as exc:
         fail(f"bad pretrain config {config}: {' '.join(str(exc).split())[:300]}")
@@ -48,6 +48,10 @@ def pretrain(
         cfg = PretrainConfig(**raw)
     except ValidationError as exc:
         fail(f"bad pretrain config {config}: {describe_with_fields(exc, PretrainConfig)}")
+    try:
+        check_arch(cfg.arch)
+    except UserError as exc:
+        fail(f"bad pretrain config {config}: {exc}")
     data = load_data(cfg.data, data_root)
     monitor = None
     if cfg.knn_data is not None:

@@ -8,7 +8,9 @@ application/x-npy. Decoding runs in the thread pool; every limit is checked befo
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -19,6 +21,35 @@ from stealkit.service.schemas import EmbeddingsRequest, OpenAIEmbeddingsRequest
 
 BINARY = "application/octet-stream"
 FORMS = ("stealkit", "openai")
+MAX_JSON_DEPTH = 16  # a request needs 2 ({"images": [...]}); the parser recurses once per level
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET_STEP = np.zeros(256, np.int32)
+_BRACKET_STEP[list(b"[{")], _BRACKET_STEP[list(b"]}")] = 1, -1
+_SCAN_CHUNK = 1 << 20
+
+
+def _too_deep() -> BadInput:
+    return BadInput(422, f"invalid JSON body: nesting deeper than {MAX_JSON_DEPTH} levels; "
+                         'send {"images": [...]} or {"input": [...]} with base64 strings')
+
+
+def check_json_depth(body) -> None:
+    """Raise BadInput(422) when brackets outside strings nest deeper than MAX_JSON_DEPTH: a cheap scan
+    before parsing (the parser recurses once per level, so a body of 100,000 '[' must never reach it)."""
+    outside_strings = _JSON_STRING.sub(b'""', body)
+    if _deeper_than(np.frombuffer(outside_strings, np.uint8), MAX_JSON_DEPTH):
+        raise _too_deep()
+
+
+def _deeper_than(text: np.ndarray, limit: int) -> bool:
+    """Whether the brackets of `text` nest deeper than `limit`, scanned 1 MiB at a time (bounded memory)."""
+    depth = 0
+    for start in range(0, len(text), _SCAN_CHUNK):
+        levels = np.cumsum(_BRACKET_STEP[text[start:start + _SCAN_CHUNK]]) + depth
+        if levels.max() > limit:
+            return True
+        depth = int(levels[-1])
+    return False
 
 
 def _invalid(exc: ValidationError) -> BadInput:
@@ -26,10 +57,13 @@ def _invalid(exc: ValidationError) -> BadInput:
 
 
 def _json(body, limits: Limits, feature_dim: int) -> tuple[list[tuple[str, bytes]], str, str]:
+    check_json_depth(body)
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(422, f"invalid JSON body: {str(exc)[:200]}") from None
+    except RecursionError:  # the scan is a guard; should a body still slip past it, the answer is the same
+        raise _too_deep() from None
     if isinstance(doc, dict) and "input" in doc:
         try:
             req = OpenAIEmbeddingsRequest.model_validate(doc)
