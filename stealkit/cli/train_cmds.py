@@ -150,5 +150,12 @@ def evaluate(
                 "train_limit": train_limit, "test_limit": test_limit, "wall_seconds": time.perf_counter() - t_start,
                 "encoders": {n: {k: read_sidecar(n).get(k) for k in ("spec", "imported", "dataset", "dataset_size")} for n in encoders},
                 "device": str(dev), "precision": precision_record(dev), "environment": environment()}
+        if probe != "knn":
+            from stealkit.probes.evaluate import probe_config_class
+
+            blob["probe_resolved"] = probe_config_class(probe).make(**cfg).model_dump()
+        from stealkit.experiment.runner import peak_rss_gib
+
+        blob["peak_rss_gib"] = peak_rss_gib()
         out.write_text(json.dumps(blob, indent=2, default=str))
         console.print(f"wrote {out}")
