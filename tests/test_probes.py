@@ -330,15 +330,43 @@ def test_feature_cache_hit_and_changed_encoder_miss(tmp_path):
 
 
 def test_evaluate_encoders_batches_and_twins_agree(tmp_path):
+    """Twins agree, and every name gets its own encoder's probe: each result equals a probe trained alone by
+    the second implementation (`reference_alone`) on features extracted by hand (the encoder called directly),
+    including an encoder with other weights and another width, whose result must differ from the victim's.
+    fp32 pinned (amp=False): the reference is an fp32 loop."""
     torch.manual_seed(0)
     victim = build_encoder("resnet18")
     twin = build_encoder("resnet18")
     twin.load_state_dict(victim.state_dict())
-    downstream = {"toy": (tiny_set(30, 1, "toy:train"), tiny_set(12, 2, "toy:test"))}
-    res = evaluate_encoders({"victim": victim, "stolen": twin}, downstream, probe="mlp", device="cpu",
-                            cache=tmp_path, epochs=2, batch_size=16)
+    other = build_encoder("cnn_tiny")  # other weights, 64-d features
+    train, test = tiny_set(30, 1, "toy:train"), tiny_set(12, 2, "toy:test")
+    downstream = {"toy": (train, test)}
+    encoders = {"victim": victim, "other": other, "stolen": twin}  # the odd one in the middle of the batch
+    res = evaluate_encoders(encoders, downstream, probe="mlp", device="cpu", cache=tmp_path, epochs=2, batch_size=16,
+                            lr=1e-3, amp=False)
     a, b = res["victim"]["toy"], res["stolen"]["toy"]
-    assert a["config"]["probes_in_batch"] == 2 and a["feature_dim"] == 512 and a["n_test"] == 12
+    assert a["config"]["probes_in_batch"] == 3 and a["feature_dim"] == 512 and a["n_test"] == 12
     assert prediction_agreement(a["predictions"], b["predictions"]) == 1.0 and a["accuracy"] == b["accuracy"]
-    knn = evaluate_encoders({"victim": victim}, downstream, probe="knn", device="cpu", cache=tmp_path, k=5)
-    assert 0.0 <= knn["victim"]["toy"]["accuracy"] <= 1.0
+    assert res["other"]["toy"]["feature_dim"] == 64
+    hand = {}
+    for name, enc in encoders.items():
+        with torch.no_grad():
+            tr, te = enc.eval()(train.images).float(), enc(test.images).float()
+        pred, net = reference_alone(tr, train.labels, te, tr.shape[1], (512, 256), 3, 0, 2, 1e-3, 16, normalize=True, dropout=0.5)
+        with torch.no_grad():
+            logits = net(unit_rows_numpy(te))
+        hand[name] = (pred, logits)
+        r = res[name]["toy"]
+        assert torch.equal(torch.as_tensor(r["predictions"]).long(), pred), name
+        assert r["accuracy"] == pytest.approx(float((pred == test.labels).float().mean()), abs=1e-6), name
+    # the other encoder's probe really is another one: its reference logits differ from the victim's, and so
+    # would the result if the names were crossed
+    assert not torch.allclose(hand["other"][1], hand["victim"][1], atol=1e-3)
+    assert not torch.equal(hand["other"][0], hand["victim"][0])  # measured: all 0 vs all 2 (untrained features)
+    assert torch.equal(hand["victim"][1], hand["stolen"][1])
+    knn = evaluate_encoders({"victim": victim, "other": other}, downstream, probe="knn", device="cpu", cache=tmp_path, k=5)
+    for name, enc in (("victim", victim), ("other", other)):  # a kNN on the hand-extracted features, name by name
+        with torch.no_grad():
+            ref = knn_predict(enc(train.images).float(), train.labels, enc(test.images).float(), k=5, num_classes=3)
+        assert torch.equal(torch.as_tensor(knn[name]["toy"]["predictions"]).long(), ref.long()), name
+        assert knn[name]["toy"]["accuracy"] == pytest.approx(float((ref == test.labels).float().mean()), abs=1e-6)
