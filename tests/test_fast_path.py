@@ -76,22 +76,100 @@ def test_the_bf16_probe_step_matches_fp32_within_tolerance(monkeypatch):
     assert bf16 != fp32 and abs(bf16 - fp32) <= 0.03 * abs(fp32)
 
 
-def test_the_cpu_decides_bf16_by_its_hardware_and_the_setting_overrides(monkeypatch):
+def _flags_from_proc_cpuinfo() -> set[str] | None:
+    """This machine's CPU flags read here, not through stealkit: the first "flags" line of /proc/cpuinfo."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
+def _onednn_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@pytest.fixture
+def fresh_cpu_decision():
+    """cpu_flags and cpu_has_fast_bf16 are lru_cache'd: clear them around a test that simulates another CPU."""
+    from stealkit import runtime
+
+    cached = (runtime.cpu_flags, runtime.cpu_has_fast_bf16)  # the real ones: a test may patch cpu_flags
+    for fn in cached:
+        fn.cache_clear()
+    yield runtime
+    for fn in cached:
+        fn.cache_clear()
+
+
+def test_the_fast_path_follows_this_cpus_own_flags(monkeypatch, fresh_cpu_decision):
+    """On this machine, read independently: bf16 hardware (AMX-BF16 or AVX512-BF16) and oneDNN bf16 -> on;
+    neither flag -> off (a CPU with only AVX2 emulates bf16 about 20x slower)."""
+    runtime = fresh_cpu_decision
+    flags = _flags_from_proc_cpuinfo()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags line on this machine")
+    monkeypatch.delenv("STEALKIT_BF16", raising=False)
+    cpu = torch.device("cpu")
+    assert runtime.cpu_flags() == frozenset(flags)
+    hw = bool({"amx_bf16", "avx512_bf16"} & flags)
+    if hw and _onednn_bf16():
+        assert runtime.bf16_enabled(cpu) and isinstance(runtime.autocast(cpu), torch.autocast)
+    elif not hw:
+        assert not runtime.bf16_enabled(cpu) and not isinstance(runtime.autocast(cpu), torch.autocast)
+    else:  # bf16 flags but a oneDNN without bf16 kernels: off
+        assert not runtime.bf16_enabled(cpu)
+
+
+# Three kinds of CPU, by their /proc/cpuinfo flags (abridged from real machines)
+AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})  # e.g. AMD EPYC (Zen 2/3)
+AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}  # e.g. Cooper Lake, Zen 4
+AMX = AVX512_BF16 | {"amx_tile", "amx_int8", "amx_bf16", "avx512_fp16"}  # e.g. Sapphire Rapids
+
+
+@pytest.mark.parametrize(
+    "flags, onednn, expected",
+    [
+        (AVX2_ONLY, True, False),  # no bf16 units: off, whatever oneDNN says
+        (AVX2_ONLY, False, False),
+        (AVX512_BF16, True, True),
+        (AVX512_BF16, False, False),  # units present but oneDNN cannot use them
+        (AMX, True, True),
+        (AMX - {"avx512_bf16"}, True, True),  # AMX-BF16 alone suffices
+        (AMX, False, False),
+    ],
+    ids=["avx2", "avx2-no-onednn", "avx512bf16", "avx512bf16-no-onednn", "amx", "amx-only", "amx-no-onednn"],
+)
+def test_the_bf16_decision_for_each_kind_of_cpu(monkeypatch, fresh_cpu_decision, flags, onednn, expected):
+    runtime = fresh_cpu_decision
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.delenv("STEALKIT_BF16", raising=False)
+    cpu = torch.device("cpu")
+    assert runtime.cpu_has_fast_bf16() is expected
+    assert runtime.bf16_enabled(cpu) is expected
+    assert isinstance(runtime.autocast(cpu), torch.autocast) is expected
+    assert runtime.precision_record(cpu)["cpu_fast_bf16"] is expected
+    assert runtime.bf16_enabled(torch.device("cuda"))  # CUDA: on whatever the host CPU is
+    monkeypatch.setenv("STEALKIT_BF16", "off" if expected else "on")  # the setting overrides the hardware both ways
+    assert runtime.bf16_enabled(cpu) is (not expected)
+
+
+def test_the_setting_overrides_and_rejects_nonsense(monkeypatch):
     from stealkit import runtime
 
     cpu = torch.device("cpu")
-    monkeypatch.delenv("STEALKIT_BF16", raising=False)
-    assert runtime.bf16_enabled(cpu) == runtime.cpu_has_fast_bf16()
     monkeypatch.setenv("STEALKIT_BF16", "on")
     assert runtime.bf16_enabled(cpu)
     monkeypatch.setenv("STEALKIT_BF16", "off")
-    assert not runtime.bf16_enabled(cpu)
+    assert not runtime.bf16_enabled(cpu) and not runtime.bf16_enabled(torch.device("cuda"))
     monkeypatch.setenv("STEALKIT_BF16", "sometimes")
-    with pytest.raises(ValueError, match="auto, on or off"):
+    with pytest.raises(ValueError, match=r"\$STEALKIT_BF16='sometimes': use auto, on or off"):
         runtime.bf16_enabled(cpu)
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
-    runtime.cpu_has_fast_bf16.cache_clear()
-    try:
-        assert not runtime.cpu_has_fast_bf16()  # no AMX/AVX512-BF16: no bf16 fast path, whatever oneDNN says
-    finally:
-        runtime.cpu_has_fast_bf16.cache_clear()
