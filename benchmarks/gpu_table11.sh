@@ -5,6 +5,8 @@
 #   here:        stealkit import ... --out runs/victims/efficientnet_lite0   (benchmarks/table11_real_world_cpu.sh does it)
 #                python benchmarks/stage_gpu_data.py --table11                 # -> .devdata/table11
 #   the device:  run(command="bash benchmarks/gpu_table11.sh", carry=[".devdata/table11"], timeout_s=560)
+#   CPU smoke:   DEVICE=cpu EXTRA="--set device=cpu --set surrogate.limit=64 ..." bash benchmarks/gpu_table11.sh
+#                (tests/test_gpu_script_smoke.py runs it so at toy size, on a toy stage, in a copy of the tree)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE="${STAGE:-.devdata/table11}"
@@ -14,8 +16,13 @@ if ! "$PY" -c "import pydantic, fastapi, uvicorn, httpx, multipart, prometheus_c
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-stealkit() { "$PY" -m stealkit "$@"; }
-export -f stealkit
+# `stealkit` as a command on PATH (the device has no entry point): a shell function put in the background
+# would leave the server running after the trap has killed only the subshell around it
+BIN="$(mktemp -d)"
+trap 'rm -rf "$BIN"' EXIT
+printf '#!/bin/sh\nexec "%s" -m stealkit "$@"\n' "$PY" > "$BIN/stealkit"
+chmod +x "$BIN/stealkit"
+export PATH="$BIN:$PATH"
 mkdir -p runs/victims
 cp -n "$STAGE"/victims/efficientnet_lite0.* runs/victims/
 CONFIG=configs/table11_real_world_gpu.yaml DEVICE="${DEVICE:-cuda}" RUN="${RUN:-runs/table11_real_world_gpu}" \

@@ -1,13 +1,17 @@
 """The plug-in contract, for every registered attack, defence, probe and stealing loss: each builds from its
 Config alone, rejects an unknown key with a message naming it, rejects an out-of-range value, and
-round-trips its config; a defence has the same identity however its settings were given."""
+round-trips its config; a defence has the same identity however its settings were given; `stealkit list`
+describes each in one line of prose."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
 from stealkit.attacks import ATTACKS, build_attack
+from stealkit.cli.list_cmds import attack_rows, defence_rows, loss_rows, probe_rows
 from stealkit.defences import DEFENCES, build_defence
 from stealkit.losses import STEAL_LOSSES, build_loss
 from stealkit.models.checkpoint import save_encoder
@@ -89,3 +93,19 @@ def test_loss_contract(name):
     assert total.ndim == 0 and torch.isfinite(total)
     with pytest.raises(Exception, match="bogus_setting"):
         build_loss(name, {"bogus_setting": 1})
+
+
+LISTED = {"attack": (ATTACKS, attack_rows), "defence": (DEFENCES, defence_rows), "loss": (STEAL_LOSSES, loss_rows),
+          "probe": (PROBES, probe_rows)}
+CONFIG_TEXT = re.compile(r"^(?i:config|settings?)\b|\b\w*Config\b|\b\w+=[^\s=]")  # "Config: any ...", "PretrainConfig", "lr=0.1"
+
+
+@pytest.mark.parametrize("kind", sorted(LISTED))
+def test_stealkit_list_describes_every_registered_name_in_one_line(kind):
+    """What `stealkit list <kind>s` prints in its "what" column: one line of prose for every registered name,
+    not empty and not config text (the settings have a column of their own)."""
+    registry, rows = LISTED[kind]
+    described = {name: what for name, what, _ in rows()}
+    assert set(described) == set(registry)
+    bad = {name: what for name, what in described.items() if not what.strip() or "\n" in what or CONFIG_TEXT.search(what)}
+    assert not bad, f"give these {kind}s a one-line description (the first paragraph of the class docstring): {bad}"

@@ -3,9 +3,6 @@ prefixed) become a stealkit checkpoint; mismatches get a clear error; pickled ob
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
@@ -13,12 +10,12 @@ import torchvision.models as tvm
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from conftest import require_victim
 from stealkit.cli import app
 from stealkit.models.checkpoint import load_encoder, read_sidecar
 from stealkit.models.encoder import EncoderSpec, embed
 from stealkit.models.importer import WeightsImportError, import_encoder, read_weights, suggest_prefix
 
-SHARED_VICTIMS = Path(os.environ.get("STEALKIT_TEST_VICTIMS", Path(__file__).resolve().parents[2] / "shared" / "victims"))
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
 
 
@@ -173,14 +170,10 @@ def test_a_pt_path_is_not_read_as_a_checkpoint(tmp_path):
         load_encoder(tmp_path / "rn18.pt")
 
 
+@pytest.mark.shared_data
 def test_the_shared_real_victim_imports():
     """The provider's CIFAR-10 SimCLR ResNet18 in ../shared/victims (fp16, three shards, no prefix)."""
-    folder = SHARED_VICTIMS / "cifar10_simclr_resnet18"
-    if not (folder / "MANIFEST.json").exists():
-        msg = f"shared victim not found under {folder} (set STEALKIT_TEST_VICTIMS)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " — under CI=true a missing archive is a failure")
-        pytest.skip(msg)
+    folder = require_victim("cifar10_simclr_resnet18")
     enc, info = import_encoder([folder], EncoderSpec(**SPEC))
     assert len(info["files"]) == 3 and info["source_dtypes"] == ["float16"] and info["tensors"] == 100
     feats = embed(enc, IMAGES)

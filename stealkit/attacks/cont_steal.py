@@ -21,7 +21,7 @@ from pydantic import Field
 
 from stealkit.attacks.base import register_attack
 from stealkit.attacks.query_train import QueryTrainAttack
-from stealkit.attacks.trainer import TrainConfig
+from stealkit.attacks.steal_config import TrainConfig
 from stealkit.losses.cont_steal import ContStealAnchorLoss
 from stealkit.losses.infonce import InfoNCELoss
 

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from stealkit.attacks.base import register_attack
 from stealkit.attacks.query_train import QueryTrainAttack
-from stealkit.attacks.trainer import TrainConfig
+from stealkit.attacks.steal_config import TrainConfig
 from stealkit.losses.base import StealLoss
 from stealkit.losses.infonce import InfoNCELoss
 from stealkit.losses.mse import MSELoss

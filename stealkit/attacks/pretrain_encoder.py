@@ -15,7 +15,9 @@ from stealkit.runtime import derived_seed
 
 @register_attack("pretrain-encoder")
 class PretrainEncoder(Attack):
-    """Config: any PretrainConfig field (method, arch, epochs, batch_size, lr, ...); data is the surrogate."""
+    """Pre-training-encoder baseline (Table X): SimCLR on the surrogate set with the victim's settings; zero queries.
+
+    Config: any PretrainConfig field (method, arch, epochs, batch_size, lr, ...); data is the surrogate."""
 
     Config = PretrainConfig
 

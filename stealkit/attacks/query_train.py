@@ -16,7 +16,8 @@ import torch
 
 from stealkit.attacks.base import Attack, StealResult
 from stealkit.attacks.queries import BillingJournal, cached_query, paying_query
-from stealkit.attacks.trainer import TrainConfig, train_stolen_encoder
+from stealkit.attacks.steal_config import TrainConfig
+from stealkit.attacks.trainer import train_stolen_encoder
 from stealkit.losses.base import StealLoss
 
 

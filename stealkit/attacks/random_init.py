@@ -19,6 +19,8 @@ class RandomInitConfig(StrictModel):
 
 @register_attack("random-init")
 class RandomInit(Attack):
+    """Random-init baseline: a randomly initialised encoder of the stolen architecture; zero queries."""
+
     Config = RandomInitConfig
 
     def steal(self, target, surrogate, *, device=None, workdir=None, progress=True) -> StealResult:

@@ -23,27 +23,11 @@ every image every epoch: (e+1)·|D| queries, Eq. 5).
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
 from stealkit.attacks.base import register_attack
 from stealkit.attacks.query_train import QueryTrainAttack
-from stealkit.attacks.trainer import TrainConfig, to_uint8, train_stolen_encoder  # noqa: F401  (re-exported)
+from stealkit.attacks.steal_config import StealConfig, TrainConfig  # noqa: F401  (TrainConfig re-exported)
+from stealkit.attacks.trainer import to_uint8, train_stolen_encoder  # noqa: F401  (re-exported)
 from stealkit.losses.stolen_encoder import StolenEncoderLoss
-
-
-class StealConfig(TrainConfig):
-    lam: float = Field(20.0, ge=0)
-    distance: Literal["l2", "l1", "cosine"] = "l2"
-    normalize: bool = True
-    reduction: Literal["mean", "sum"] = "sum"
-    query_aug: bool = False
-
-    def describe(self) -> str:
-        norm = "normalised " if self.normalize else ""
-        return (f"{super().describe()}; λ={self.lam:g}, {norm}{self.distance} {self.reduction}"
-                + (", query-aug" if self.query_aug else ""))
 
 
 @register_attack("stolenencoder")

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from stealkit.attacks.base import register_attack
 from stealkit.attacks.query_train import QueryTrainAttack
 from stealkit.attacks.queries import cached_query
-from stealkit.attacks.trainer import TrainConfig
+from stealkit.attacks.steal_config import TrainConfig
 from stealkit.losses.base import build_loss
 
 PAIR_LOSS = {"cont-steal": "cont-steal-anchor", "mse": "mse", "infonce": "infonce", "softnn": "softnn", "wasserstein": "wasserstein"}

@@ -15,47 +15,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
-from stealkit.attacks.base import StrictModel
+from stealkit.attacks.steal_config import StealConfig, TrainConfig
 from stealkit.augment import Augmenter
 from stealkit.graph_step import TrainStep
 from stealkit.losses.base import StealLoss
+from stealkit.losses.stolen_encoder import StolenEncoderLoss
 from stealkit.models.encoder import Encoder, build_encoder
 from stealkit.runtime import autocast, pick_device, seed_everything
 from stealkit.training import TrainState, epoch_generator, make_optimizer, prepare_model, seed_epoch
-
-
-class TrainConfig(StrictModel):
-    """How the stolen encoder is trained. Defaults: StolenEncoder's (Section V-A and the released code)."""
-
-    arch: str = "resnet34"
-    input_size: int | None = Field(None, ge=8)  # the stolen encoder's input side; None: the surrogate images' side
-    cifar_stem: bool | None = None  # 3×3 stride-1 stem, no max-pool; None: when input_size <= 64
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    augment: str = "flip+jitter+gray"
-    query_batch_size: int = Field(256, ge=1)
-    seed: int = 0
-    checkpoint_every: int = Field(10, ge=1)
-    amp: bool = True  # bf16 autocast where the device is faster in it (runtime.bf16_enabled)
-    cuda_graph: bool = True  # on CUDA, capture the whole training step as one CUDA graph
-
-    def describe(self) -> str:
-        opt = f"{self.optimizer.upper() if self.optimizer == 'sgd' else self.optimizer.capitalize()} lr {self.lr:g}"
-        if self.optimizer == "sgd":
-            opt += f" momentum {self.momentum:g}"
-        if self.weight_decay:
-            opt += f" wd {self.weight_decay:g}"
-        return f"{self.arch}, {self.epochs} epochs, batch {self.batch_size}, {opt}"
 
 
 def to_uint8(images01: torch.Tensor) -> torch.Tensor:
@@ -84,9 +56,6 @@ def train_stolen_encoder(
     query_augmented(uint8 N×3×H×W) -> (f_t(A(x)) N×D, queries billed): asked every epoch when the loss
         has the target view "aug"; the billed count of each epoch is logged ("aug_queries").
     """
-    from stealkit.attacks.stolen_encoder import StealConfig  # the default loss's settings live there
-    from stealkit.losses.stolen_encoder import StolenEncoderLoss
-
     if config is None or isinstance(config, dict):
         config = StealConfig(**(config or {}))
     cfg = config

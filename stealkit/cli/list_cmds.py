@@ -3,7 +3,9 @@ setting and its default), `stealkit schema` (the JSON schema of a config) and `s
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from typing import Optional
 
 import typer
@@ -18,16 +20,57 @@ list_app = typer.Typer(help="What stealkit knows: attacks, defences, probes, arc
 app.add_typer(list_app, name="list")
 
 
-def _first_line(obj) -> str:
-    return ((obj.__doc__ or "").strip().splitlines() or [""])[0]
+PROBE_DESCRIPTIONS = {
+    "mlp": "the StolenEncoder paper's MLP classifier (Section V-A 3) as the authors released it: L2-normalised features, Dropout(0.5)",
+    "mlp-raw": "the same MLP on raw features without dropout (stealkit's earlier probe)",
+    "linear": "multinomial logistic regression (Adam or L-BFGS)",
+    "knn": "weighted kNN on L2-normalised features (InstDisc/SimCLR monitor)",
+}
 
 
-def _pydantic_settings(model) -> str:
+def describe(cls) -> str:
+    """A registered class in one line: the first paragraph of its own docstring, else of its module's."""
+    for doc in (cls.__dict__.get("__doc__"), sys.modules[cls.__module__].__doc__):
+        paragraph = inspect.cleandoc(doc or "").split("\n\n")[0]
+        if paragraph:
+            return " ".join(paragraph.split())
+    return ""
+
+
+def _pydantic_settings(model, fixed: dict | None = None) -> str:
+    """name=default for every setting; a registered variant's fixed settings as name=value (fixed)."""
     parts = []
     for name, f in model.model_fields.items():
+        if fixed and name in fixed:
+            parts.append(f"{name}={fixed[name]!r} (fixed)")
+            continue
         default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
         parts.append(f"{name}={default}")
     return ", ".join(parts)
+
+
+def attack_rows() -> list[tuple[str, str, str]]:
+    from stealkit.attacks import ATTACKS
+
+    return [(n, describe(c), _pydantic_settings(c.Config, c.fixed)) for n, c in sorted(ATTACKS.items())]
+
+
+def defence_rows() -> list[tuple[str, str, str]]:
+    from stealkit.defences import DEFENCES
+
+    return [(n, describe(c), _pydantic_settings(c.Config)) for n, c in sorted(DEFENCES.items())]
+
+
+def loss_rows() -> list[tuple[str, str, str]]:
+    from stealkit.losses import STEAL_LOSSES
+
+    return [(n, describe(c), _pydantic_settings(c.Config)) for n, c in sorted(STEAL_LOSSES.items())]
+
+
+def probe_rows() -> list[tuple[str, str, str]]:
+    from stealkit.probes.evaluate import PROBES, probe_config_class
+
+    return [(k, PROBE_DESCRIPTIONS.get(k, ""), _pydantic_settings(probe_config_class(k))) for k in PROBES]
 
 
 def _table(title: str, rows: list[tuple[str, str, str]]) -> None:
@@ -43,38 +86,25 @@ def _table(title: str, rows: list[tuple[str, str, str]]) -> None:
 @list_app.command("attacks")
 def list_attacks():
     """Registered attacks (`attack: {name: ..., config: {...}}` in a config)."""
-    from stealkit.attacks import ATTACKS
-
-    _table("attacks", [(n, _first_line(c), _pydantic_settings(c.Config)) for n, c in sorted(ATTACKS.items())])
+    _table("attacks", attack_rows())
 
 
 @list_app.command("defences")
 def list_defences():
     """Registered defences (`defence: {name: ..., <settings>}`; `stealkit serve --defence NAME --defence-arg K=V`)."""
-    from stealkit.defences import DEFENCES
-
-    _table("defences", [(n, _first_line(c) or _first_line(__import__(c.__module__, fromlist=['x'])), _pydantic_settings(c.Config))
-                        for n, c in sorted(DEFENCES.items())])
+    _table("defences", defence_rows())
 
 
 @list_app.command("losses")
 def list_losses():
     """Stealing losses, one per file under stealkit/losses (the building blocks of the attacks)."""
-    from stealkit.losses import STEAL_LOSSES
-
-    _table("stealing losses", [(n, _first_line(c) or _first_line(__import__(c.__module__, fromlist=['x'])), _pydantic_settings(c.Config))
-                               for n, c in sorted(STEAL_LOSSES.items())])
+    _table("stealing losses", loss_rows())
 
 
 @list_app.command("probes")
 def list_probes():
     """Downstream probes (`probe: {kind: ..., config: {...}}`)."""
-    from stealkit.probes.evaluate import PROBES, probe_config_class
-
-    what = {"mlp": "the StolenEncoder paper's MLP classifier (Section V-A 3) as the authors released it: L2-normalised features, Dropout(0.5)",
-            "mlp-raw": "the same MLP on raw features without dropout (stealkit's earlier probe)", "linear": "multinomial logistic regression (Adam or L-BFGS)",
-            "knn": "weighted kNN on L2-normalised features (InstDisc/SimCLR monitor)"}
-    _table("probes", [(k, what.get(k, ""), _pydantic_settings(probe_config_class(k))) for k in PROBES])
+    _table("probes", probe_rows())
 
 
 @list_app.command("architectures")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from stealkit.data import resolve_cache_dir
+from stealkit.experiment.specs import VictimSpec
 from stealkit.models.checkpoint import checkpoint_exists, save_encoder, weights_path
 
 SHADOW_KEYS = {"victim", "data", "config", "data_root", "normalize_answers"}
@@ -26,7 +27,7 @@ def train_shadow(target, provider_images: torch.Tensor, config=None, *, normaliz
     """The provider's shadow f_s': StolenEncoder (Eq. 7) trained on its own images (uint8 N×3×H×W) against
     its unperturbed answers -> Encoder on CPU. target: the victim Encoder (answers as the API gives them,
     normalised or not) or any Target; config: the attacker's settings (StealConfig fields, or a dict)."""
-    from stealkit.attacks.stolen_encoder import StealConfig
+    from stealkit.attacks.steal_config import StealConfig
     from stealkit.attacks.trainer import train_stolen_encoder
     from stealkit.targets.answers import api_answers
 
@@ -41,7 +42,7 @@ def train_shadow(target, provider_images: torch.Tensor, config=None, *, normaliz
 
 def attacker_settings(config: dict | None) -> dict:
     """d, λ, A and normalisation of the attacker's StolenEncoder settings (its defaults where not given)."""
-    from stealkit.attacks.stolen_encoder import StealConfig
+    from stealkit.attacks.steal_config import StealConfig
 
     c = StealConfig(**(config or {}))
     return {"lam": c.lam, "distance": c.distance, "normalize": c.normalize, "augment": c.augment}
@@ -49,7 +50,6 @@ def attacker_settings(config: dict | None) -> dict:
 
 def shadow_checkpoint(spec: dict, device: str | None = None, progress: bool = False) -> str:
     """A shadow spec -> the path of its trained checkpoint (trained once, cached by the spec)."""
-    from stealkit.experiment.config import VictimSpec
     from stealkit.experiment.victims import get_victim, load_data, spec_key
     from stealkit.pretrain.config import DataSpec
 

@@ -33,7 +33,7 @@ def _defence_problem(spec: dict | None) -> str | None:
     spec = dict(spec)
     shadow = spec.get("shadow")
     if isinstance(shadow, dict):  # a training spec: check it, and the defence with a stand-in path
-        from stealkit.attacks.stolen_encoder import StealConfig
+        from stealkit.attacks.steal_config import StealConfig
         from stealkit.experiment.shadows import SHADOW_KEYS
 
         unknown = set(shadow) - SHADOW_KEYS

@@ -44,7 +44,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stealkit.experiment.config import VictimSpec
+from stealkit.experiment.specs import VictimSpec
 from stealkit.pretrain.config import DataSpec
 
 
