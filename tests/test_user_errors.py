@@ -121,7 +121,7 @@ def test_steal_with_a_bad_set_fails_before_any_query(tmp_path, monkeypatch, item
 def test_quickstart_with_a_negative_epoch_count_fails_before_any_work(tmp_path, serve):
     flags = ["--serve"] if serve else []
     r = invoke("quickstart", *flags, "--run-dir", tmp_path / "qs", "--set", "attacks.0.config.epochs=-1")
-    short_failure(r, "row 1 (StolenEncoder): attack 'stolenencoder': config.epochs: Input should be greater than or equal to 1 (got -1)")
+    short_failure(r, "rows 1, 2, 3 (StolenEncoder): attack 'stolenencoder': config.epochs: Input should be greater than or equal to 1 (got -1)")
     assert r.exit_code == 2 and not (tmp_path / "qs").exists()
 
 

@@ -80,6 +80,18 @@ def print_results(results: dict) -> None:
     for line in lines:
         table.add_row(*[escape(c) for c in line])
     console.print(table)
+    if len(results.get("seeds") or []) > 1:  # the figure to compare: mean ± standard deviation over the seeds
+        from stealkit.experiment.report import seeds_table
+
+        header, lines = seeds_table(results)
+        if len({line[0] for line in lines}) == 1:  # one victim: named in the title above
+            header, lines = header[1:], [line[1:] for line in lines]
+        summary = Table(title=escape(f"{results['name']}: mean ± standard deviation over seeds {results['seeds']}"))
+        for h in header:
+            summary.add_column(h, justify="right" if h[0].isupper() or h.startswith(("#", "seeds")) else "left")
+        for line in lines:
+            summary.add_row(*[escape(c) for c in line])
+        console.print(summary)
     for f in results.get("failures", []):
         console.print(f"[yellow]skipped[/] {escape(f['label'])}: {escape(f['error'])}")
     for f in results.get("missing_downstream", []):

@@ -65,7 +65,17 @@ def quickstart(
         quickstart_over_http(path, set_, run_dir)
         return
     results = _run(path, set_, run_dir, None)
-    for r in results["rows"]:
-        for ds, m in r.get("downstream", {}).items():
-            ratio = "—" if m["SA/TA"] is None else f"{100 * m['SA/TA']:.1f}%"
-            console.print(f"{escape(r['label'])}: SA/TA on {ds} = {ratio} with {r['queries']} queries (${r['cost']:.2f})", markup=False)
+    from stealkit.experiment.report import grouped
+
+    for (_, label, ds), entries in grouped(results).items():
+        ratios = [100 * e["ds"]["SA/TA"] for e in entries if e["ds"]["SA/TA"] is not None]
+        row = entries[0]["row"]
+        if not ratios:
+            ratio = "—"
+        elif len(ratios) == 1:
+            ratio = f"{ratios[0]:.1f}%"
+        else:
+            import statistics
+
+            ratio = f"{statistics.fmean(ratios):.1f}% ± {statistics.stdev(ratios):.1f} over {len(ratios)} seeds"
+        console.print(f"{escape(label)}: SA/TA on {ds} = {ratio} with {row['queries']} queries (${row['cost']:.2f})", markup=False)

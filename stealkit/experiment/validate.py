@@ -62,23 +62,27 @@ def validate_config(cfg, check_files: bool = False) -> None:
     from stealkit.data.registry import DATASETS
     from stealkit.probes.evaluate import validate_probe
 
-    problems: list[str] = []
+    row_problems: dict[tuple[str, str], list[int]] = {}  # (row label, problem) -> row numbers: seeds share a problem
     rows = cfg.rows()
     seen_defences: dict[str, str | None] = {}
     for i, row in enumerate(rows):
-        where = f"row {i + 1} ({row.label()})"
+        found = []
         problem, attack = _attack_problem(row)
         if problem:
-            problems.append(f"{where}: {problem}")
+            found.append(problem)
         key = repr(row.defence)
         if key not in seen_defences:
             seen_defences[key] = _defence_problem(row.defence)
         if seen_defences[key]:
-            problems.append(f"{where}: {seen_defences[key]}")
+            found.append(seen_defences[key])
         limit, batch = row.surrogate.get("limit"), _batch_size(attack)
         if limit is not None and batch is not None and limit < batch:
-            problems.append(f"{where}: surrogate.limit={limit} is smaller than one batch ({batch}); nothing would be "
-                            f"trained after paying for {limit} queries — use at least {batch} images or a smaller batch_size")
+            found.append(f"surrogate.limit={limit} is smaller than one batch ({batch}); nothing would be "
+                         f"trained after paying for {limit} queries — use at least {batch} images or a smaller batch_size")
+        for p in found:
+            row_problems.setdefault((row.label(), p), []).append(i + 1)
+    problems = [f"{'row' if len(nums) == 1 else 'rows'} {', '.join(map(str, nums))} ({label}): {p}"
+                for (label, p), nums in row_problems.items()]
     for v in cfg.victim_list() if check_files else []:
         if v.checkpoint:
             from stealkit.models.checkpoint import _paths
