@@ -75,13 +75,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--archs", nargs="+", default=["resnet18", "resnet34"])
     ap.add_argument("--images", type=int, default=512, help="surrogate images per fp32 epoch (8 steps of 64)")
-    ap.add_argument("--bf16-images", type=int, default=128, help="images per bf16 epoch (bf16 is emulated, very slow, on CPUs without bf16 units)")
+    ap.add_argument("--bf16-images", type=int, default=None,
+                    help="images per bf16 epoch (default: --images on a CPU with bf16 units, 128 elsewhere, where bf16 is emulated and very slow)")
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per pair; the fastest is kept")
     ap.add_argument("--out", default="benchmarks/results/cpu_steal_speed.json")
     args = ap.parse_args()
+    if args.bf16_images is None:
+        args.bf16_images = args.images if cpu_has_fast_bf16() else 128
     threads = set_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
