@@ -1,8 +1,9 @@
-"""Why a stolen encoder's SA is low: the scale and spread of its features, and the paper's MLP probe on them
-raw and rescaled to a reference encoder's spread. Reads a finished `stealkit run` directory (its stolen
+"""Why a stolen encoder's SA is low: the scale and spread of its features, and the MLP probe on raw features
+(`mlp-raw`, the probe for which scale matters; the released `mlp` normalises every vector) on them raw and
+rescaled to a reference encoder's spread. Reads a finished `stealkit run` directory (its stolen
 encoders and its cached GTSRB probe features, so the probe sees exactly the runner's subsets and seed).
 
-    python benchmarks/feature_spread.py --run runs/table10_real_cpu \
+    python benchmarks/feature_spread.py --run runs/table10_real_cpu_mlp_raw \
         --label "StolenEncoder (Adam, stealkit's option)" --reference StolenEncoder
 
 Writes <run>/feature_spread.json (and benchmarks/results/<run name>.feature_spread.json): per encoder the mean
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 from stealkit.data import load_dataset
 from stealkit.models.checkpoint import load_encoder
 from stealkit.models.encoder import embed
-from stealkit.probes.mlp import train_probes
+from stealkit.probes.mlp import MLPRawConfig, train_probes
 from stealkit.runtime import environment
 
 
@@ -56,7 +57,8 @@ def main() -> None:
     k = float(r_tr.std(0).mean() / a_tr.std(0).mean())
     t0 = time.perf_counter()
     probes = train_probes([a_tr, a_tr * k], tr.labels, [a_te, a_te * k], te.labels, int(max(tr.labels.max(), te.labels.max())) + 1,
-                          device="cpu", epochs=res["probe"]["config"].get("epochs", 500), seeds=[seed, seed])
+                          device="cpu", epochs=res["probe"]["config"].get("epochs", 500), seeds=[seed, seed],
+                          config_class=MLPRawConfig)
     out["probe"] = {"scale": k, "seconds": time.perf_counter() - t0, "runner_SA": ds["SA"],
                     "raw": {"test": probes[0].accuracy, "train": probes[0].train_accuracy},
                     "rescaled": {"test": probes[1].accuracy, "train": probes[1].train_accuracy}}
