@@ -38,9 +38,14 @@ PAPER_DEFENCES = {"none": (80.67, 79.43, "II"), "topk(k=10)": (56.59, 61.39, "XI
 NAMES = {"gtsrb": "GTSRB", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 
-def load(name: str) -> dict | None:
+def load(name: str, required: bool = True) -> dict | None:
+    """benchmarks/results/<name> as a dict; a missing file is FileNotFoundError (None if not required)."""
     path = RESULTS / name
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        if required:
+            raise FileNotFoundError(f"{path.relative_to(REPO)} does not exist: run the command that writes it")
+        return None
+    return json.loads(path.read_text())
 
 
 def pct(x: float | None) -> str:
@@ -94,7 +99,7 @@ def _first(d: dict, label: str) -> dict | None:
 def table10() -> str:
     src = "benchmarks/results/table10_real_cpu.json"
     d = load("table10_real_cpu.json")
-    raw = load("table10_real_cpu.mlp_raw.json")
+    raw = load("table10_real_cpu.mlp_raw.json", required=False)
     sets = ["gtsrb", "mnist"]
     head = ["attack", "#queries"] + [f"{NAMES[s]} SA (SA/TA)" for s in sets]
     if raw:
@@ -127,7 +132,7 @@ def table10() -> str:
 def table2() -> str:
     src = "benchmarks/results/table2_real_cpu.json"
     d = load("table2_real_cpu.json")
-    raw = load("table2_real_cpu.mlp_raw.json")
+    raw = load("table2_real_cpu.mlp_raw.json", required=False)
     r = d["rows"][0]
     head = ["downstream (train / test)", "TA (%)", "SA (%)", "SA/TA"]
     if raw:
@@ -157,7 +162,7 @@ def _defence_name(r: dict) -> str:
 def defences() -> str:
     src = "benchmarks/results/defences_real_cpu.json"
     d = load("defences_real_cpu.json")
-    raw = load("defences_real_cpu.mlp_raw.json")
+    raw = load("defences_real_cpu.mlp_raw.json", required=False)
     head = ["defence (one paper setting)", "TA, clean (%)", "TA honest (%)", "SA (%)", "SA/TA honest", "cos fidelity"]
     if raw:
         head += ["TA honest / SA, `mlp-raw`"]
@@ -286,12 +291,23 @@ BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, 
 PATTERN = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)
 
 
-def render(text: str) -> str:
-    """README text with every generated block replaced by what its JSON gives now."""
+def render(text: str, missing: list[str] | None = None) -> str:
+    """README text with every generated block replaced by what its JSON gives now. A block whose JSON does
+    not exist is left as it is and its reason appended to `missing` (an error when `missing` is None)."""
     unknown = [m.group(2) for m in PATTERN.finditer(text) if m.group(2) not in BLOCKS]
     if unknown:
         raise SystemExit(f"README.md has generated blocks this script does not know: {unknown}; known: {sorted(BLOCKS)}")
-    return PATTERN.sub(lambda m: m.group(1) + BLOCKS[m.group(2)]() + "\n" + m.group(4), text)
+
+    def one(m):
+        try:
+            return m.group(1) + BLOCKS[m.group(2)]() + "\n" + m.group(4)
+        except FileNotFoundError as exc:
+            if missing is None:
+                raise
+            missing.append(f"{m.group(2)}: {exc}")
+            return m.group(0)
+
+    return PATTERN.sub(one, text)
 
 
 def main() -> int:
@@ -300,7 +316,12 @@ def main() -> int:
     ap.add_argument("--readme", type=Path, default=README)
     args = ap.parse_args()
     text = args.readme.read_text()
-    new = render(text)
+    missing: list[str] = []
+    new = render(text, missing)
+    for line in missing:
+        print(f"not rendered: {line}", file=sys.stderr)
+    if args.check and missing:
+        return 1
     if args.check:
         if new != text:
             diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "README.md", "from JSON", lineterm="", n=0)
