@@ -85,7 +85,8 @@ def probe_note(d: dict) -> str:
     p = d.get("probe") or {}
     r = d.get("probe_resolved")
     if r is None:
-        return f"Probe: `{p.get('kind', 'mlp')}` {json.dumps(p.get('config', {}))} (settings before the released probe)."
+        return (f"Probe: `{p.get('kind', 'mlp')}` {json.dumps(p.get('config', {}))} (this JSON predates the record of "
+                f"the probe's resolved settings, `probe_resolved`).")
     inp = "L2-normalised features" if r.get("normalize") else "raw features"
     drop = f"Dropout {r['dropout']}" if r.get("dropout") else "no dropout"
     return (f"Probe: `{p.get('kind', 'mlp')}`, {'-'.join(map(str, r['hidden']))} MLP on {inp}, {drop}, Adam {r['lr']:g}, "
@@ -188,11 +189,18 @@ def defences() -> str:
 def table11() -> str:
     src = "benchmarks/results/table11_real_world_cpu.table11.json"
     t = load("table11_real_world_cpu.table11.json")
-    lines = ["| downstream | TA (%) | SA (%) | SA/TA | paper TA / SA (SA/TA) |", "|---|---|---|---|---|"]
+    res = load("table11_real_world_cpu.json")
+    raw = load("table11_real_world_cpu.mlp_raw.json", required=False)
+    raw_ds = raw["rows"][0]["downstream"] if raw else {}
+    head = "| downstream | TA (%) | SA (%) | SA/TA |" + (" TA / SA, `mlp-raw` |" if raw else "") + " paper TA / SA (SA/TA) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in t["table"]:
         paper = "—" if r.get("paper_TA") is None else \
             f"{r['paper_TA']:.2f} / {r['paper_SA']:.2f} ({100 * r['paper_SA'] / r['paper_TA']:.0f}%)"
-        lines.append(f"| {NAMES.get(r['downstream'], r['downstream'])} | {r['TA']:.2f} | {r['SA']:.2f} | {r['SA/TA']:.0f}% | {paper} |")
+        e = raw_ds.get(r["downstream"])
+        rawcell = (f" {pct(e['TA'])} / {pct(e['SA'])} |" if e else " — |") if raw else ""
+        lines.append(f"| {NAMES.get(r['downstream'], r['downstream'])} | {r['TA']:.2f} | {r['SA']:.2f} | {r['SA/TA']:.0f}% |"
+                     f"{rawcell} {paper} |")
     f = t["flops"]
     led = t.get("ledger") or {}
     trained = f.get("images_per_epoch")
@@ -202,7 +210,7 @@ def table11() -> str:
               + (f" on {trained:,} images per epoch" if trained else "") + f") against ≈ {f['victim_training_estimate']:.2e} FLOPs "
               f"for the victim's ImageNet training (an estimate: its forward FLOPs × 3 × 1,281,167 images × an assumed "
               f"{f['assumed_victim_epochs']:.0f} epochs), a ratio of {f['ratio']:.1e}. "
-              + run_line({**t, "peak_rss_gib": t.get("peak_rss_gib")}, src)]
+              + probe_note(res) + " " + run_line({**t, "peak_rss_gib": t.get("peak_rss_gib"), "precision": t.get("precision")}, src)]
     return "\n".join(lines)
 
 
