@@ -78,9 +78,16 @@ def test_runner_steals_over_http_and_ledger_matches(server, victim_ckpt, tmp_pat
     # Rerun in the same run directory: the stolen encoder is reused, nothing is queried.
     run_experiment(cfg, tmp_path / "run1", echo=lambda m: None)
     assert ledger.usage("attacker").queries == N_SURROGATE
-    # A fresh run directory sharing the answer cache: every answer comes from RemoteTarget's cache.
-    res3 = run_experiment(cfg, tmp_path / "run2", echo=lambda m: None)
+    # A fresh run directory and an empty row cache, sharing the answer cache: the encoder is trained again and
+    # every answer comes from RemoteTarget's cache (0 queries reported, nothing billed).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STEALKIT_CACHE", str(tmp_path / "fresh-cache"))
+        res3 = run_experiment(cfg, tmp_path / "run2", echo=lambda m: None)
     assert ledger.usage("attacker").queries == N_SURROGATE and res3["rows"][0]["queries"] == 0
+    # A fresh run directory with the shared row cache: the finished row is reused as it was (it cost
+    # N_SURROGATE queries, which the report keeps), and nothing is queried or billed again.
+    res4 = run_experiment(cfg, tmp_path / "run3", echo=lambda m: None)
+    assert res4["rows"][0]["queries"] == N_SURROGATE and ledger.usage("attacker").queries == N_SURROGATE
     assert len(ledger.records("attacker")) == len(ledger.records())  # one account, nothing else billed
 
 
@@ -162,7 +169,7 @@ def test_quickstart_serve_tiny(tmp_path, capsys):
         "device=cpu", "progress=false", "victim.pretrain.epochs=1", "victim.pretrain.data.limit=128",
         "victim.pretrain.checkpoint_every=1", "attacks.0.config.epochs=1", "attacks.1.config.epochs=1",
         "surrogate.limit=64", f"downstream.0.train_limit={TRAIN}", f"downstream.0.test_limit={TEST}",
-        "probe={kind: knn, config: {k: 20}}",
+        "probe={kind: knn, config: {k: 20}}", "seeds=[0]",  # one seed: the packaged quickstart runs three
     ]
     res = quickstart_over_http(packaged_config("quickstart"), overrides, tmp_path / "qs")
     assert res["ledger"]["match"] and res["ledger"]["runner_queries"] == 128
