@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from stealkit.experiment.report import md_table
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
@@ -106,13 +108,13 @@ def table10() -> str:
     if raw:
         head += [f"{NAMES[s]} SA, `mlp-raw`" for s in sets]
     head.append("paper, GTSRB at 3%: SA (SA/TA), #queries")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     ta = {s: d["rows"][0]["downstream"][s]["TA"] for s in sets}
     row = ["*victim (TA)*", "—"] + [f"*{pct(ta[s])}*" for s in sets]
     if raw:
         row += [f"*{pct(raw['rows'][0]['downstream'][s]['TA'])}*" for s in sets]
     row.append(f"*{PAPER_TA_GTSRB:.2f}*")
-    lines.append("| " + " | ".join(row) + " |")
+    rows.append(row)
     for r in d["rows"]:
         cells = [r["label"], f"{r['queries']:,}"]
         cells += [f"{pct(r['downstream'][s]['SA'])} ({ratio(r['downstream'][s]['SA/TA'])})" for s in sets]
@@ -121,8 +123,9 @@ def table10() -> str:
             cells += [pct(rr["downstream"][s]["SA"]) if rr else "—" for s in sets]
         paper = PAPER_TABLE10.get(r["label"])
         cells.append(f"{paper[0]:.2f} ({100 * paper[0] / PAPER_TA_GTSRB:.0f}%), {paper[1]:,}" if paper else "—")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     sizes = d["rows"][0]["downstream"]["gtsrb"]
+    lines = md_table(head, rows)
     lines += ["", f"Probes on {sizes['train_size']:,} train / {sizes['test_size']:,} test images per set. {probe_note(d)} "
               + run_line(d, src)]
     if raw:
@@ -139,7 +142,7 @@ def table2() -> str:
     if raw:
         head += ["TA / SA, `mlp-raw`"]
     head.append("paper TA / SA (SA/TA)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for s, e in r["downstream"].items():
         cells = [f"{NAMES.get(s, s)} ({e['train_size']:,} / {e['test_size']:,})", pct(e["TA"]), pct(e["SA"]), ratio(e["SA/TA"])]
         if raw:
@@ -147,7 +150,8 @@ def table2() -> str:
             cells.append(f"{pct(er['TA'])} / {pct(er['SA'])}" if er else "—")
         p = PAPER_TABLE2.get(s)
         cells.append(f"{p[0]:.2f} / {p[1]:.2f} ({100 * p[1] / p[0]:.0f}%)" if p else "—")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = md_table(head, rows)
     lines += ["", f"{r['label']}, {r['queries']:,} queries. {probe_note(d)} " + run_line(d, src)]
     return "\n".join(lines)
 
@@ -168,7 +172,7 @@ def defences() -> str:
     if raw:
         head += ["TA honest / SA, `mlp-raw`"]
     head.append("paper TA / SA (table)")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in d["rows"]:
         e = r["downstream"]["gtsrb"]
         name = _defence_name(r)
@@ -180,8 +184,9 @@ def defences() -> str:
             cells.append(f"{pct(rr['downstream']['gtsrb']['TA_defended'])} / {pct(rr['downstream']['gtsrb']['SA'])}" if rr else "—")
         p = PAPER_DEFENCES.get(name)
         cells.append(f"{p[0]:.2f} / {p[1]:.2f} ({p[2]})" if p else "—")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     e = d["rows"][0]["downstream"]["gtsrb"]
+    lines = md_table(head, rows)
     lines += ["", f"GTSRB, {e['train_size']:,} train / {e['test_size']:,} test. {probe_note(d)} " + run_line(d, src)]
     return "\n".join(lines)
 
@@ -232,11 +237,11 @@ def victim_ta() -> str:
 def speed() -> str:
     src = "benchmarks/results/cpu_steal_speed.json"
     d = load("cpu_steal_speed.json")
-    lines = ["| stolen encoder | precision | images / epoch | plain loop: s (img/s) | stealkit: s (img/s) | ratio |",
-             "|---|---|---|---|---|---|"]
-    for r in d["rows"]:
-        lines.append(f"| {r['arch']} | {r['precision']} | {r['images']} | {r['plain_seconds']:.1f} ({r['plain_images_per_s']:.1f}) | "
-                     f"{r['stealkit_seconds']:.1f} ({r['stealkit_images_per_s']:.1f}) | {r['speedup']:.2f}× |")
+    head = ["stolen encoder", "precision", "images / epoch", "plain loop: s (img/s)", "stealkit: s (img/s)", "ratio"]
+    lines = md_table(head, [[r["arch"], r["precision"], str(r["images"]),
+                             f"{r['plain_seconds']:.1f} ({r['plain_images_per_s']:.1f})",
+                             f"{r['stealkit_seconds']:.1f} ({r['stealkit_images_per_s']:.1f})", f"{r['speedup']:.2f}×"]
+                            for r in d["rows"]])
     lines.append("")
     for h in d.get("headline", []):
         lines.append(f"**{h['arch']}: stealkit as it runs by default on this CPU ({h['stealkit_precision']}) against the plain "
@@ -255,15 +260,12 @@ def serving() -> str:
     by = {(r["mode"], r["clients"], r["batch"]): r for r in d["results"]}
     ref = d["settings"]["reference_batch"]
     order = [(1, ref)] + [(c, b) for b in d["settings"]["batch_sizes"] for c in d["settings"]["clients"]]
-    lines = ["| clients × images per request | with batching: images/s · p50 · p99 ms | without: images/s · p50 · p99 ms |",
-             "|---|---|---|"]
-
     def cell(mode, c, b):
         r = by.get((mode, c, b))
         return "—" if r is None else f"{r['images_per_s']:.1f} · {r['p50_ms']:.0f} · {r['p99_ms']:.0f}"
 
-    for c, b in order:
-        lines.append(f"| {c} × {b} | {cell('batched', c, b)} | {cell('unbatched', c, b)} |")
+    head = ["clients × images per request", "with batching: images/s · p50 · p99 ms", "without: images/s · p50 · p99 ms"]
+    lines = md_table(head, [[f"{c} × {b}", cell("batched", c, b), cell("unbatched", c, b)] for c, b in order])
     t = d["target"]
     top = max(d["settings"]["clients"])
     ub = by.get(("unbatched", top, 1))
@@ -287,8 +289,7 @@ def quickstart() -> str:
     multi = len(d.get("seeds") or [d.get("seed")]) > 1
     header, rows = seeds_table(d) if multi else results_table(d)
     keep = [i for i, h in enumerate(header) if h != "victim"]
-    lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
-    lines += ["| " + " | ".join(r[i] for i in keep) + " |" for r in rows]
+    lines = md_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows])
     seeds = f"mean ± standard deviation over seeds {d['seeds']} (attack and probe randomness; one victim)" if multi else f"seed {d['seed']}"
     lines += ["", f"{seeds}. {probe_note(d)} " + run_line(d, src)]
     return "\n".join(lines)

@@ -83,7 +83,8 @@ def seeds_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, lines
 
 
-def _md_table(header, lines) -> list[str]:
+def md_table(header, lines) -> list[str]:
+    """A markdown table: header cells and rows of cells -> its lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(line) + " |" for line in lines]
 
 
@@ -96,9 +97,9 @@ def write_report(results: dict, run_dir: Path) -> Path:
         out += [results["description"], ""]
     multi = len(results.get("seeds") or [results.get("seed")]) > 1
     if multi:
-        out += [f"Mean ± standard deviation over seeds {results['seeds']}:", ""] + _md_table(*seeds_table(results))
+        out += [f"Mean ± standard deviation over seeds {results['seeds']}:", ""] + md_table(*seeds_table(results))
         out += ["", "Per seed:", ""]
-    out += _md_table(header, lines)
+    out += md_table(header, lines)
     if "TA honest (%)" in header:
         out += ["", "TA: the victim's clean features; TA honest: its answers through the row's defence, as honest users get "
                 "them (Tables XIII–XV's TA); SA/TA is against the clean TA."]
