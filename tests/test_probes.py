@@ -258,7 +258,7 @@ def test_dropout_is_training_only_and_keeps_the_expected_fraction():
     assert torch.equal(again, r.predictions) and torch.equal(clf(x).argmax(1), again)
 
 
-def test_bf16_probe_stays_within_measured_tolerance_of_fp32():
+def test_bf16_probe_stays_within_measured_tolerance_of_fp32(monkeypatch):
     """On a CPU with bf16 units the probe trains in bf16 autocast (amp=True). Measured on blobs like these
     (5 data seeds, 20 epochs, lr 1e-3; Xeon with AMX-BF16, torch 2.14.1): the largest weight difference
     between bf16 and fp32 was 0.022-0.035, predictions agreed on 100% of test points and accuracies were
@@ -266,14 +266,8 @@ def test_bf16_probe_stays_within_measured_tolerance_of_fp32():
     STEALKIT_BF16=on it runs on any CPU (emulated where there are no bf16 units)."""
     x, y = blobs(256, d=16, sep=0.8)
     xt, yt = blobs(256, d=16, sep=0.8, seed=1)
-    import os
-
-    old = os.environ.get("STEALKIT_BF16")
-    os.environ["STEALKIT_BF16"] = "on"
-    try:
-        bf = train_probes(x, y, xt, yt, device="cpu", epochs=20, lr=1e-3, batch_size=64, amp=True)[0]
-    finally:
-        os.environ.pop("STEALKIT_BF16") if old is None else os.environ.__setitem__("STEALKIT_BF16", old)
+    monkeypatch.setenv("STEALKIT_BF16", "on")
+    bf = train_probes(x, y, xt, yt, device="cpu", epochs=20, lr=1e-3, batch_size=64, amp=True)[0]
     fp = train_probes(x, y, xt, yt, device="cpu", epochs=20, lr=1e-3, batch_size=64, amp=False)[0]
     assert bf.config["bf16"] is True and fp.config["bf16"] is False
     worst = max(float((a - b).detach().abs().max()) for a, b in zip(bf.classifier.parameters(), fp.classifier.parameters()))
