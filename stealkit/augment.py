@@ -5,6 +5,10 @@ Operations by name, as in SimCLR and StolenEncoder (Liu et al., CCS 2022, arXiv:
   flip   RandomHorizontalFlip(p=0.5)
   jitter ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
   gray   RandomGrayscale(p=0.2)
+and those of Cont-Steal's released code (Sha et al., "Can't Steal? Cont-Steal! Contrastive Stealing Attacks
+Against Image Encoders", CVPR 2023, arXiv:2201.07513: RandAugment(2, 14) + RandomCrop(size, padding=4) + flip):
+  randaugment  torchvision RandAugment(num_ops=2, magnitude=14), each image its own ops (on uint8)
+  padcrop      RandomCrop(size, padding=4) at the images' own size: zero-pad 4 px, shift by at most 4 px
 Input: uint8 or float in [0,1], N×3×H×W. Output: float in [0,1], N×3×H×W, each image with its own draw.
 Backends: "torch" (default; our vectorised ops in augment_ops.py, about 10× kornia's speed for
 colour jitter on CPU) or "kornia" (kornia.augmentation with the same parameters).
@@ -17,13 +21,17 @@ import torch.nn as nn
 
 from stealkit import augment_ops as ops
 
-AUGMENTATIONS = ("crop", "flip", "jitter", "gray")
+AUGMENTATIONS = ("crop", "flip", "jitter", "gray", "randaugment", "padcrop")
 SIMCLR_AUGS = ("crop", "flip", "jitter", "gray")
 STEAL_AUGS = ("flip", "jitter", "gray")
+CONT_STEAL_AUGS = ("randaugment", "padcrop", "flip")
 
 
 def _op(name: str, size: int, strength: float) -> nn.Module:
-    """The kornia module of one operation (backend="kornia"; kornia is imported only then)."""
+    """The kornia module of one operation (backend="kornia"; kornia is imported only then). kornia has no
+    exact RandAugment / padded crop of torchvision's: those two run stealkit's own ops on either backend."""
+    if name in ("randaugment", "padcrop"):
+        return _TorchOp(name, size, strength)
     import kornia.augmentation as K
 
     s = strength
@@ -63,6 +71,10 @@ class _TorchOp(nn.Module):
             return ops.random_hflip(x)
         if self.name == "jitter":
             return ops.color_jitter(x, 0.4 * self.s, 0.4 * self.s, 0.4 * self.s, 0.1 * self.s, p=0.8)
+        if self.name == "randaugment":
+            return ops.rand_augment(x, num_ops=2, magnitude=14)
+        if self.name == "padcrop":
+            return ops.random_pad_crop(x, padding=4)
         return ops.random_grayscale(x)
 
 

@@ -1,9 +1,10 @@
 """Batched augmentation ops with per-sample random parameters, vectorised in plain torch.
 
 Same semantics as torchvision's RandomResizedCrop / RandomHorizontalFlip / ColorJitter /
-RandomGrayscale, applied to a whole batch at once (torchvision v2 would share one draw across
-the batch). Written out because kornia's colour jitter runs at a few thousand 32×32 images per
-second on CPU, slower than the network it feeds. Images: float N×3×H×W in [0, 1].
+RandomGrayscale / RandomCrop(padding), applied to a whole batch at once (torchvision v2 would share
+one draw across the batch). Written out because kornia's colour jitter runs at a few thousand 32×32
+images per second on CPU, slower than the network it feeds. RandAugment is torchvision's own, called
+with one draw per image (grouped by the op drawn). Images: float N×3×H×W in [0, 1].
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, the coefficients of torchvision's rgb_to_grayscale
 
@@ -112,3 +114,69 @@ def random_resized_crop(x, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
     theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
     grid = F.affine_grid(theta, (n, x.shape[1], size, size), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_pad_crop(x, padding: int = 4):
+    """torchvision RandomCrop(size, padding) at the images' own size, per image: zero-pad `padding` pixels on
+    every side, then cut an H×W window at an offset drawn uniformly from {0, …, 2·padding} on each axis,
+    i.e. the content moves by at most `padding` pixels in x and in y (one gather per axis for the batch)."""
+    n, c, h, w = x.shape
+    p = int(padding)
+    if p <= 0:
+        return x
+    xp = F.pad(x, (p, p, p, p))
+    oy = torch.randint(0, 2 * p + 1, (n,), device=x.device)
+    ox = torch.randint(0, 2 * p + 1, (n,), device=x.device)
+    rows = (oy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * p)
+    y = xp.gather(2, rows)
+    cols = (ox.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    return y.gather(3, cols)
+
+
+_RAND_AUGMENT: dict[tuple[int, int], v2.RandAugment] = {}
+
+
+def rand_augment(x, num_ops: int = 2, magnitude: int = 14):
+    """torchvision.transforms.v2.RandAugment(num_ops, magnitude) (31 magnitude bins) with its own draw for every
+    image, on uint8 (the ops torchvision defines for PIL-like images: posterize, solarize, equalize).
+
+    torchvision applies one draw to a whole batch tensor, so the draws are made here image after image, in the
+    order and from the generator torchvision's own forward uses (torch's global CPU generator: a seeded run
+    repeats), and each drawn op is then applied to all the images that drew it, in one call per (op, signed
+    magnitude): the result equals calling the transform on every image in turn (tests/test_augment_ops.py),
+    about 4× faster on CPU. Where this torchvision lacks the internals used for that, the images go through
+    the transform one by one. float N×3×H×W in [0,1] (or uint8) -> float N×3×H×W in [0,1] on x's device."""
+    ra = _RAND_AUGMENT.setdefault((num_ops, magnitude), v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
+    u8 = x if x.dtype == torch.uint8 else x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    if not len(u8):
+        return u8.float()
+    space = getattr(ra, "_AUGMENTATION_SPACE", None)
+    if space is None or not hasattr(ra, "_apply_image_or_video_transform"):
+        return torch.stack([ra(img) for img in u8.cpu()]).to(x.device).float().div_(255.0)
+    h, w = u8.shape[-2:]
+    names = list(space)
+    table = {}  # op -> (its magnitude at `magnitude`, or None for ops without one; signed?)
+    for name, (magnitudes, signed) in space.items():
+        m = magnitudes(ra.num_magnitude_bins, h, w)
+        table[name] = (None if m is None else float(m[ra.magnitude]), signed)
+    plan = []  # per image, its num_ops (op, magnitude) pairs, drawn as RandAugment.forward draws them
+    for _ in range(len(u8)):
+        row = []
+        for _ in range(num_ops):
+            name = names[int(torch.randint(len(names), ()))]
+            m, signed = table[name]
+            if m is None:
+                m = 0.0
+            elif signed and torch.rand(()) <= 0.5:
+                m = -m
+            row.append((name, m))
+        plan.append(row)
+    out = u8.clone()
+    for k in range(num_ops):
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i, row in enumerate(plan):
+            groups.setdefault(row[k], []).append(i)
+        for (name, m), idx in groups.items():
+            sel = torch.tensor(idx, device=out.device)
+            out[sel] = ra._apply_image_or_video_transform(out[sel], name, m, interpolation=ra.interpolation, fill=ra._fill)
+    return out.to(x.device).float().div_(255.0)
