@@ -55,10 +55,17 @@ def test_cont_steal_fixed_view_spends_exactly_d_queries_and_loss_decreases(victi
 
 
 @pytest.mark.parametrize("name", ["steal-mse", "steal-infonce", "steal-softnn", "steal-wasserstein"])
-def test_icml_loss_attacks_spend_d_queries(victim, surrogate, name):
+def test_icml_loss_attacks_spend_d_queries_released_and_e_d_augmented(victim, surrogate, name):
+    """released: |D| clean queries; augmented (the blog's): one augmented view per image per epoch, e·|D|
+    (tests/test_loss_steal.py checks which images each encoder sees)."""
     target = LocalTarget(victim)
-    result = build_attack(name, {**TINY, "epochs": 1}).steal(target, surrogate, device="cpu", progress=False)
+    result = build_attack(name, {**TINY, "epochs": 1, "protocol": "released", "batch_size": 32}).steal(
+        target, surrogate, device="cpu", progress=False)
     assert result.queries == len(surrogate) == target.queries
+    assert all(math.isfinite(e["loss"]) for e in result.log)
+    target = LocalTarget(victim)
+    result = build_attack(name, {**TINY, "epochs": 2}).steal(target, surrogate, device="cpu", progress=False)
+    assert result.queries == 2 * len(surrogate) == target.queries
     assert all(math.isfinite(e["loss"]) for e in result.log)
 
 
@@ -123,5 +130,5 @@ def test_released_protocol_preset(name, batch, lr):
     loss = build_attack(name, {"protocol": "released"}).make_loss()
     assert loss.stolen_views == loss.target_views == frozenset({"clean"})
     assert build_attack(name, {"protocol": "released", "batch_size": 32}).config.batch_size == 32
-    aug = build_attack(name).make_loss()
-    assert aug.stolen_views == frozenset({"aug"}) and aug.target_views == frozenset({"clean"})
+    aug = build_attack(name).make_loss()  # the blog's: the target's A(x), the stolen encoder's independent A'(x)
+    assert aug.stolen_views == frozenset({"aug2"}) and aug.target_views == frozenset({"aug"})

@@ -4,11 +4,15 @@ Soft Nearest Neighbours, Wasserstein — registered "steal-mse", "steal-infonce"
 "steal-wasserstein". Each is its loss (stealkit/losses/) plus a training protocol, chosen by `protocol`:
 
 - "augmented" (default; the authors' blog: "we query the victim encoder with the first augmentation and
-  our stolen copy with the second"): the target is asked once per clean image (|D| queries), the stolen
-  encoder sees a fresh A(x) every epoch; Adam lr 1e-3, batch 64, no weight decay.
-- "released" (the released code, cleverhans-lab/ssl-attacks-defenses `steal.py`): one clean view for both
-  encoders (no augmentation; |D| queries), Adam with weight decay 1e-4 and per-loss settings: InfoNCE batch
-  256, lr 3e-4, τ 0.07; SoftNN batch 256, lr 1e-3, T 100; MSE and Wasserstein batch 64, lr 1e-3.
+  our stolen copy with the second"): every epoch the target is asked for f_t(A(x)) of a fresh augmentation
+  of every image (e·|D| queries, billed and journaled per epoch like Cont-Steal's), and the stolen encoder
+  sees a second, independent draw A'(x) of the same augmenter (`augment`) of the same image (view "aug2");
+  Adam lr 1e-3, batch 64, no weight decay.
+- "released" (the released code, cleverhans-lab/ssl-attacks-defenses `steal.py` and `simclr.py` `steal()`):
+  for these four losses `n_views=1`, a `RegularDataset` whose transform is `ToTensor()` only, and the same
+  batch goes to the victim and the stolen model: one clean view for both encoders (|D| queries, asked once
+  and cached); Adam with weight decay 1e-4 and per-loss settings: InfoNCE batch 256, lr 3e-4, τ 0.07;
+  SoftNN batch 256, lr 1e-3, T 100; MSE and Wasserstein batch 64, lr 1e-3.
 Any setting given explicitly wins over the protocol's. The report's "settings" column says which ran.
 Shapes: surrogate uint8 N×3×H×W, answers N×D, stolen encoder N×3×H×W -> N×D.
 """
@@ -30,7 +34,7 @@ from stealkit.losses.wasserstein import WassersteinLoss
 
 AUGMENTED = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64}
 RELEASED = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64}
-VIEWS = {"augmented": ("aug", "clean"), "released": ("clean", "clean")}  # (stolen view, target view)
+VIEWS = {"augmented": ("aug2", "aug"), "released": ("clean", "clean")}  # (stolen view, target view)
 
 
 class LossStealConfig(TrainConfig):

@@ -1,8 +1,9 @@
 """Training a stolen encoder from a target's answers with any stealing loss (the shared trainer of every
 query-and-train attack: StolenEncoder, Cont-Steal, the ICML'22 losses, sybil).
 
-Per epoch: one fresh augmentation A(x) of every surrogate image (when the loss has an "aug" view), the
-target asked for f_t(A(x)) of exactly those images (only when the loss needs it: e·|D| queries), then
+Per epoch: one fresh augmentation A(x) of every surrogate image (when the loss has an "aug" view), a
+second, independent draw A'(x) of the same augmenter (when the stolen encoder has the "aug2" view), the
+target asked for f_t(A(x)) of exactly the A(x) images (only when the loss needs it: e·|D| queries), then
 ⌊|D|/S⌋ mini-batches (StolenEncoder Algorithm 1, line 8). Each view goes through the stolen encoder in
 its own forward pass, as the authors' code does (BatchNorm statistics per view). GPU-resident data, one
 CUDA graph per step on CUDA, bf16 autocast where `runtime.bf16_enabled`, NHWC where it is faster.
@@ -34,7 +35,8 @@ def to_uint8(images01: torch.Tensor) -> torch.Tensor:
     return images01.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-INPUTS = ("x", "xa", "t", "ta")  # stolen clean, stolen aug, target clean, target aug (in that order)
+# stolen x, stolen A(x), stolen A'(x) (a second, independent draw), target x, target A(x) (in that order)
+INPUTS = ("x", "xa", "xa2", "t", "ta")
 
 
 def train_stolen_encoder(
@@ -63,6 +65,9 @@ def train_stolen_encoder(
         fields = StolenEncoderLoss.Config.model_fields
         loss = StolenEncoderLoss({k: getattr(cfg, k) for k in fields if hasattr(cfg, k)})
     sv, tv = loss.stolen_views, loss.target_views
+    if "aug2" in tv:
+        raise ValueError("the target is asked for one augmented view per image per epoch ('aug'); 'aug2' is a view "
+                         "of the stolen encoder only")
     if "aug" in tv and query_augmented is None:
         raise ValueError("this loss compares with f_t(A(x)): give query_augmented (a function that asks the target)")
     if "clean" in tv and answers is None:
@@ -86,9 +91,9 @@ def train_stolen_encoder(
     start, log, _ = state.load({"encoder": model}, opt, map_location=device)
     X = images.to(device)
     T = answers.to(device).float() if answers is not None else None
-    needs_aug = "aug" in sv or "aug" in tv
-    aug = Augmenter(cfg.augment, images.shape[-1]).to(device) if needs_aug else None
-    used = [k for k, on in zip(INPUTS, ("clean" in sv, "aug" in sv, "clean" in tv, "aug" in tv)) if on]
+    needs_aug, needs_aug2 = "aug" in sv or "aug" in tv, "aug2" in sv
+    aug = Augmenter(cfg.augment, images.shape[-1]).to(device) if needs_aug or needs_aug2 else None
+    used = [k for k, on in zip(INPUTS, ("clean" in sv, "aug" in sv, "aug2" in sv, "clean" in tv, "aug" in tv)) if on]
     steps = n // cfg.batch_size  # Algorithm 1, line 8: floor(|D|/S) mini-batches per epoch
 
     def body(*tensors):
@@ -100,6 +105,8 @@ def train_stolen_encoder(
                 stolen["clean"] = model(got["x"]).float()
             if "xa" in got:
                 stolen["aug"] = model(got["xa"]).float()
+            if "xa2" in got:
+                stolen["aug2"] = model(got["xa2"]).float()
         target = {k: got[key] for k, key in (("clean", "t"), ("aug", "ta")) if key in got}
         total, l1, l2 = loss(stolen, target)
         return total, torch.stack([total.detach(), l1.detach(), l2.detach()])
@@ -110,15 +117,17 @@ def train_stolen_encoder(
         t0 = time.perf_counter()
         seed_epoch(cfg.seed, epoch)
         perm = torch.randperm(n, generator=epoch_generator(cfg.seed, epoch)).to(device)
-        A = TA = None
+        A = A2 = TA = None
         billed = 0
         if needs_aug:
             A = aug.apply_all(X)
-            if "aug" in tv:  # the target sees the very images the stolen encoder sees
-                A = to_uint8(A)
-                TA, billed = query_augmented(A.cpu())
-                TA = TA.to(device).float()
-        full = {"x": X, "xa": A, "t": T, "ta": TA}
+        if needs_aug2:  # drawn before the target is asked, so a resumed epoch draws the same A'(x)
+            A2 = aug.apply_all(X)
+        if "aug" in tv:  # the target sees A(x): the very images of the stolen "aug" view, where there is one
+            A = to_uint8(A)
+            TA, billed = query_augmented(A.cpu())
+            TA = TA.to(device).float()
+        full = {"x": X, "xa": A, "xa2": A2, "t": T, "ta": TA}
         sums = torch.zeros(3, device=device)
         for i in range(steps):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]

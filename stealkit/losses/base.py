@@ -1,8 +1,10 @@
 """StealLoss: one stealing objective with its own hyper-parameters, comparing the stolen encoder's
 features with the target's answers.
 
-A loss is called as `loss(stolen, target)` with dicts of N×D batches keyed by view: "clean" (f(x)) and
-"aug" (f(A(x)), the same augmented image for both encoders). It says which views it needs
+A loss is called as `loss(stolen, target)` with dicts of N×D batches keyed by view: "clean" (f(x)),
+"aug" (f(A(x)), the same augmented image for both encoders) and "aug2" (f_s(A'(x)), a second draw of the
+same augmenter, independent of A(x); the stolen encoder's only: the ICML'22 blog's "we query the victim
+encoder with the first augmentation and our stolen copy with the second"). It says which views it needs
 (`stolen_views`, `target_views`); the trainer computes only those and asks the target for f_t(A(x))
 only when "aug" is in `target_views` (a query per image per epoch). Returns (L, L1, L2): the loss and
 two parts that are logged (L2 = 0 for one-term losses).
@@ -18,7 +20,7 @@ from stealkit.registry import registrar
 STEAL_LOSSES: dict[str, type["StealLoss"]] = {}
 register_loss = registrar(STEAL_LOSSES)  # @register_loss("name") on a class registers it
 
-VIEWS = ("clean", "aug")
+VIEWS = ("clean", "aug", "aug2")
 
 
 class LossConfig(BaseModel):
