@@ -1,5 +1,6 @@
-"""Cont-Steal (released form: e·|D| queries of the same augmented view; fixed-view form: |D|) and the
-ICML'22 loss attacks: queries billed exactly, the loss goes down, cache reuse, protocol presets."""
+"""Cont-Steal (released form: e·|D| queries of the same augmented view, RandAugment + pad-crop + flip, an fc
+head; fixed-view form: |D|) and the ICML'22 loss attacks: queries billed exactly, the loss goes down, cache
+reuse, protocol presets."""
 
 from __future__ import annotations
 
@@ -117,8 +118,43 @@ def test_cont_steal_released_form_pays_e_times_d_for_the_views_the_stolen_encode
 def test_cont_steal_defaults_are_the_released_codes():
     cfg = build_attack("cont-steal").config
     assert (cfg.batch_size, cfg.optimizer, cfg.lr, cfg.temperature) == (32, "adam", 3e-4, 0.5)
+    assert (cfg.augment, cfg.fc) == ("randaugment+padcrop+flip", True)  # utils.random_transform; resnet18(num_classes=512)
     loss = build_attack("cont-steal").make_loss()
     assert loss.stolen_views == loss.target_views == frozenset({"aug"})
+    old = build_attack("cont-steal", {"augment": "crop+flip+jitter+gray", "fc": False}).config  # stealkit's earlier form
+    assert (old.augment, old.fc) == ("crop+flip+jitter+gray", False)
+
+
+class Fake(LocalTarget):
+    """A LocalTarget whose answers are a fixed random projection of the victim's features to `dim`."""
+
+    def __init__(self, encoder, dim):
+        super().__init__(encoder)
+        self.proj = torch.randn(encoder.feature_dim, dim, generator=torch.Generator().manual_seed(0))
+
+    @property
+    def feature_dim(self):
+        return self.proj.shape[1]
+
+    def _embed(self, images):
+        return super()._embed(images) @ self.proj
+
+
+@pytest.mark.parametrize("fc, dim, head", [(True, 64, True), (False, 64, False), (True, 16, True), (False, 16, True)])
+def test_cont_steal_fc_head(victim, surrogate, fc, dim, head):
+    """fc: true keeps a Linear layer on the pooled features even when its width (cnn_tiny: 64) is the target's D,
+    as the released resnet18(num_classes=512) does; fc: false leaves the pooled features, with a Linear only
+    where the widths differ. The stolen encoder answers the target's D either way; the released augmentation runs."""
+    target = Fake(victim, dim) if dim != victim.feature_dim else LocalTarget(victim)
+    result = build_attack("cont-steal", {"arch": "cnn_tiny", "batch_size": 50, "amp": False, "epochs": 1, "fc": fc}).steal(
+        target, surrogate, device="cpu", progress=False)
+    enc = result.encoder
+    assert isinstance(enc.head, torch.nn.Linear) == head and enc.spec.fc == fc
+    if head:
+        assert (enc.head.in_features, enc.head.out_features) == (64, dim)
+    assert enc.feature_dim == dim and enc(surrogate.images[:3]).shape == (3, dim)
+    assert result.queries == target.queries == len(surrogate)
+    assert "randaugment+padcrop+flip" in result.info["settings"]
 
 
 @pytest.mark.parametrize("name, batch, lr", [("steal-infonce", 256, 3e-4), ("steal-softnn", 256, 1e-3), ("steal-mse", 64, 1e-3)])
@@ -132,3 +168,16 @@ def test_released_protocol_preset(name, batch, lr):
     assert build_attack(name, {"protocol": "released", "batch_size": 32}).config.batch_size == 32
     aug = build_attack(name).make_loss()  # the blog's: the target's A(x), the stolen encoder's independent A'(x)
     assert aug.stolen_views == frozenset({"aug2"}) and aug.target_views == frozenset({"aug"})
+
+
+def test_fc_head_survives_a_checkpoint(tmp_path):
+    """The sidecar records `fc`, so a stolen encoder with a 64→64 fc layer loads back with it (strict load)."""
+    from stealkit.models.checkpoint import load_encoder, save_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("cnn_tiny", out_dim=64, fc=True).eval()
+    assert isinstance(enc.head, torch.nn.Linear)
+    back = load_encoder(save_encoder(enc, tmp_path / "stolen"))
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert back.spec.fc and torch.equal(back(x), enc(x))
+    assert isinstance(build_encoder("cnn_tiny", out_dim=64).head, torch.nn.Identity)

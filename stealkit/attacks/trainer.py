@@ -54,6 +54,7 @@ def train_stolen_encoder(
     """Train a fresh f_s -> (stolen encoder on CPU, per-epoch log of loss, l1, l2, aug_queries, seconds).
 
     answers: f_t(x) N×D, or None when the loss does not use the clean target view (give `feature_dim`).
+    config: a TrainConfig; a subclass with `fc: True` (Cont-Steal) gets a Linear layer on the pooled features.
     loss: a StealLoss; None = StolenEncoder's Eq. (7) with the config's lam/distance/normalize/reduction.
     query_augmented(uint8 N×3×H×W) -> (f_t(A(x)) N×D, queries billed): asked every epoch when the loss
         has the target view "aug"; the billed count of each epoch is logged ("aug_queries").
@@ -83,7 +84,8 @@ def train_stolen_encoder(
     if n < cfg.batch_size:
         raise ValueError(f"surrogate set of {n} images is smaller than one batch ({cfg.batch_size}); lower batch_size "
                          f"or use more surrogate images")
-    encoder = build_encoder(cfg.arch, input_size=cfg.input_size or images.shape[-1], cifar_stem=cfg.cifar_stem, out_dim=dim)
+    encoder = build_encoder(cfg.arch, input_size=cfg.input_size or images.shape[-1], cifar_stem=cfg.cifar_stem, out_dim=dim,
+                            fc=bool(getattr(cfg, "fc", False)))  # `fc`: a setting of the configs that have it (Cont-Steal)
     model = prepare_model(encoder, device).train()
     use_graph = cfg.cuda_graph and device.type == "cuda"
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, device, capturable=use_graph)

@@ -33,6 +33,7 @@ class EncoderSpec:
     std: tuple[float, float, float] = CIFAR10_STD
     feature_dim: int | None = None  # filled in by the builder: out_dim if set, else the backbone's
     out_dim: int | None = None  # a linear head maps the backbone's features to out_dim (e.g. to match a target)
+    fc: bool = False  # the linear head even when the widths agree (a torchvision ResNet's fc, e.g. Cont-Steal's 512→512)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -57,9 +58,10 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone, dim = build_backbone(spec.arch, spec.cifar_stem)
         self.head = nn.Identity()
-        if spec.out_dim is not None and spec.out_dim != dim:
-            self.head = nn.Linear(dim, spec.out_dim)
-            dim = spec.out_dim
+        if spec.fc or (spec.out_dim is not None and spec.out_dim != dim):
+            out = spec.out_dim if spec.out_dim is not None else dim
+            self.head = nn.Linear(dim, out)
+            dim = out
         if spec.feature_dim not in (None, dim):
             raise ValueError(f"{spec.arch} has feature dimension {dim}, spec says {spec.feature_dim}")
         spec.feature_dim = dim
