@@ -308,3 +308,28 @@ def test_binary_watermark_transfers_to_a_copy_not_to_an_independent_encoder(tmp_
     loaded = load_watermark_head(hp)
     assert loaded.task == "binary"
     assert watermark_accuracy(enc, loaded, check).accuracy == own.accuracy
+
+
+def test_verify_suspect_combines_tests_counts_queries_and_splits_alpha(di_setting):
+    """One report for a memorising victim and an independent encoder, both asked through a billed target:
+    the victim is called stolen, the independent one is not, and the queries are what the tests embed:
+    dataset inference 64 fit + 64 private + 128 public = 256 images, view alignment 3 views × 256 = 768."""
+    from stealkit.targets.local import LocalTarget
+    from stealkit.verify.suspect import verify_suspect
+
+    private, public, victim, independent = di_setting
+    own = verify_suspect(None, LocalTarget(victim), private, public, views=3, components=4, alpha=0.08, price_per_1000=2.0)
+    assert set(own.tests) == {"dataset inference (GMM)", "view alignment"} and own.threshold == pytest.approx(0.04)
+    assert own.tests["dataset inference (GMM)"]["queries"] == 256 and own.tests["view alignment"]["queries"] == 768
+    assert own.queries == 1024 and own.cost == pytest.approx(2.048)
+    # the same numbers as each test run on its own
+    ref = dataset_inference(None, victim, private, public, n_components=4)
+    assert own.tests["dataset inference (GMM)"]["p_value"] == pytest.approx(ref.p_value, rel=1e-6)
+    # measured (one core): victim GMM p = 0.017, alignment p = 0.69 (a memorising, not contrastive, encoder: no
+    # alignment signal); independent GMM p = 0.40, alignment p = 0.069. Bonferroni: each test at 0.08 / 2 = 0.04
+    assert own.stolen and own.tests["dataset inference (GMM)"]["p_value"] < own.threshold
+    other = verify_suspect(None, independent, private, public, views=3, components=4, alpha=0.08)
+    assert other.queries == 0 and other.cost is None  # a local encoder: nothing billed
+    assert not other.stolen and min(t["p_value"] for t in other.tests.values()) > other.threshold
+    with pytest.raises(ValueError, match="unknown tests"):
+        verify_suspect(None, victim, private, public, tests=("gmm",))

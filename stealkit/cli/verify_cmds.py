@@ -1,5 +1,6 @@
 """`stealkit verify ...`: ownership checks on a suspect encoder (Dziedzic et al., ICML 2022, arXiv:2205.07890; NeurIPS 2022, arXiv:2209.09024).
 
+  stealkit verify --victim V --suspect S|URL --private cifar10:train --public cifar10:test   (every test, one verdict)
   stealkit verify dataset-inference --victim V --suspect S --private cifar10:train --public cifar10:test
   stealkit verify watermark --suspect S --head V.wmhead.safetensors --data cifar10:test
   stealkit verify embed-watermark --data cifar10:train --out runs/victim_wm [--victim V]
@@ -15,7 +16,9 @@ import typer
 
 from stealkit.cli.app import app
 
-verify_app = typer.Typer(help="Ownership verification: dataset inference and rotation watermarks.", no_args_is_help=True)
+verify_app = typer.Typer(help="Ownership verification: dataset inference, view alignment and rotation watermarks. "
+                         "`stealkit verify --victim V --suspect S --private P --public Q` runs every test and prints one verdict.",
+                         no_args_is_help=True, invoke_without_command=True)
 app.add_typer(verify_app, name="verify")
 
 
@@ -39,6 +42,70 @@ def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
     else:
         for line in lines:
             typer.echo(line)
+
+
+@verify_app.callback()
+def verify_cmd(
+    ctx: typer.Context,
+    suspect: Optional[str] = typer.Option(None, help="suspect: an encoder checkpoint, or the URL of a served API"),
+    victim: Optional[Path] = typer.Option(None, help="the provider's encoder checkpoint (its watermark head, if any, beside it)"),
+    private: Optional[str] = typer.Option(None, help="the victim's private training data, NAME:split"),
+    public: Optional[str] = typer.Option(None, help="held-out data of the same distribution, NAME:split"),
+    private_limit: int = typer.Option(5000, min=4, help="random private images to use"),
+    public_limit: int = typer.Option(5000, min=2, help="random public images to use"),
+    views: int = typer.Option(4, min=2, help="augmented views per image for the view-alignment test"),
+    components: int = typer.Option(20, min=1, help="GMM components of dataset inference"),
+    watermark_limit: int = typer.Option(1000, min=1, help="public images the watermark test rotates"),
+    alpha: float = typer.Option(0.01, help="the chance of a false accusation the verdict allows (split over the tests)"),
+    price_per_1000: Optional[float] = typer.Option(None, help="the suspect API's price per 1,000 images, to report the cost"),
+    api_key_env: str = typer.Option("STEALKIT_API_KEY", help="env var holding the suspect API's key (URL suspects)"),
+    data_root: Optional[str] = typer.Option(None, help="data root (else STEALKIT_DATA, else ./data)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+):
+    """Every ownership test the victim supports on one suspect, each with its p-value and queries, and one verdict."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import os
+
+    from stealkit.cli.common import fail
+    from stealkit.models.checkpoint import load_encoder
+    from stealkit.runtime import pick_device
+    from stealkit.verify.suspect import verify_suspect
+    from stealkit.verify.watermark import head_path, load_watermark_head
+
+    missing = [f"--{n}" for n, v in (("suspect", suspect), ("victim", victim), ("private", private), ("public", public)) if v is None]
+    if missing:
+        fail(f"stealkit verify needs {', '.join(missing)} (or a subcommand: dataset-inference, watermark, embed-watermark)")
+    if not 0 < alpha < 1:
+        fail(f"--alpha {alpha}: give a probability between 0 and 1, e.g. 0.01")
+    dev = pick_device(device)
+    vic = load_encoder(victim, device=dev)
+    if suspect.startswith(("http://", "https://")):
+        from stealkit.targets.remote import RemoteTarget
+
+        key = os.environ.get(api_key_env)
+        if not key:
+            fail(f"the suspect is an API: put its key in ${api_key_env} (or name another variable with --api-key-env)")
+        sus = RemoteTarget(suspect, key)
+    else:
+        sus = load_encoder(Path(suspect), device=dev)
+    priv = _images(private, private_limit, seed, data_root, 32)
+    pub = _images(public, public_limit, seed + 1, data_root, 32)
+    head = head_path(victim)
+    wm = dict(watermark_head=load_watermark_head(head), watermark_images=pub[:watermark_limit]) if head.exists() else {}
+    report = verify_suspect(vic, sus, priv, pub, views=views, components=components, alpha=alpha, seed=seed,
+                            price_per_1000=price_per_1000, **wm)
+    lines = [f"suspect {suspect} against victim {victim}; {len(priv):,} private ({private}) and {len(pub):,} public ({public}) images"
+             + ("" if wm else "; the victim carries no watermark (no .wmhead.safetensors beside it)")]
+    for name, t in report.tests.items():
+        stat = f"accuracy {t['accuracy']:.4f}" if "accuracy" in t else f"t = {t['t_statistic']:.3g}"
+        lines.append(f"  {name:24s} p = {t['p_value']:.3g}  {stat}  ({t['queries']:,} queries, {t['seconds']:.0f} s)")
+    cost = "" if report.cost is None else f", ${report.cost:.2f}"
+    lines.append(f"verdict: {report.verdict} (threshold alpha/{len(report.tests)} = {report.threshold:.3g}; "
+                 f"{report.queries:,} queries to the suspect{cost})")
+    _emit(report.to_dict(), as_json, lines)
 
 
 @verify_app.command("dataset-inference")

@@ -163,8 +163,40 @@ def dataset_inference(
         gmm = fit_gmm(representations(fitter, fit_imgs, batch_size, normalize), n_components, covariance_type, seed)
         if fit_on == "victim" and gmm_cache is not None:
             gmm_cache[key] = (victim, private_images, gmm)
-    ll_train = gmm.score_samples(representations(suspect, train_imgs, batch_size, normalize))
-    ll_test = gmm.score_samples(representations(suspect, public_images, batch_size, normalize))
+    return dataset_inference_reps(None, representations(suspect, train_imgs, batch_size, normalize),
+                                  representations(suspect, public_images, batch_size, normalize), gmm=gmm,
+                                  covariance_type=covariance_type, fit_on=fit_on, views=views, test=test, alpha=alpha,
+                                  n_fit=n_fit)
+
+
+def dataset_inference_reps(
+    fit_reps: np.ndarray | None,
+    train_reps: np.ndarray,
+    test_reps: np.ndarray,
+    *,
+    n_components: int = 20,
+    covariance_type: str = "diag",
+    fit_on: str = "suspect",
+    views: str = "crop",
+    test: str = "student",
+    alpha: float = 0.01,
+    seed: int = 0,
+    gmm=None,
+    n_fit: int | None = None,
+) -> DatasetInferenceResult:
+    """The test on representations already computed (float N×D, normalised as wanted): fit a GMM on
+    `fit_reps` (or use the fitted `gmm`), score `train_reps` (private images held out from the fit) and
+    `test_reps` (public images), one-sided t-test. Lets a caller embed each image once and rerun the test
+    at many sample sizes (benchmarks/dataset_inference_real.py)."""
+    if gmm is None:
+        if fit_reps is None or len(fit_reps) < 2:
+            raise ValueError("give at least 2 representations to fit the mixture on, or a fitted gmm")
+        gmm = fit_gmm(fit_reps, n_components, covariance_type, seed)
+        n_fit = len(fit_reps)
+    if len(train_reps) < 2 or len(test_reps) < 2:
+        raise ValueError(f"need at least 2 private and 2 public representations; got {len(train_reps)}/{len(test_reps)}")
+    ll_train = gmm.score_samples(train_reps)
+    ll_test = gmm.score_samples(test_reps)
     t, p = t_greater(ll_train, ll_test, equal_var=test == "student")
     if not np.isfinite(p):  # identical constant likelihoods: no evidence
         p = 1.0
@@ -175,9 +207,9 @@ def dataset_inference(
         alpha=alpha,
         mean_ll_train=float(np.mean(ll_train)),
         mean_ll_test=float(np.mean(ll_test)),
-        n_fit=n_fit,
-        n_train=n - n_fit,
-        n_test=len(public_images),
+        n_fit=int(n_fit if n_fit is not None else -1),
+        n_train=len(train_reps),
+        n_test=len(test_reps),
         fit_on=fit_on,
         n_components=gmm.n_components,
         covariance_type=covariance_type,
