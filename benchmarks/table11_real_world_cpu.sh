@@ -26,18 +26,7 @@ export STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"
 stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device "$DEVICE" --log-level warning &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-"${PY:-python}" - <<PY
-import time, httpx
-for _ in range(120):
-    try:
-        if httpx.get("http://127.0.0.1:$PORT/readyz", timeout=2).status_code == 200:
-            break
-    except httpx.HTTPError:
-        pass
-    time.sleep(1)
-else:
-    raise SystemExit("the server did not come up")
-PY
+"${PY:-python}" benchmarks/wait_ready.py "http://127.0.0.1:$PORT"
 if [ -x /usr/bin/time ] && [ "$(type -t stealkit)" = file ]; then  # wall time and peak memory
   /usr/bin/time -v stealkit run "$CONFIG" --run-dir "$RUN" ${EXTRA:-} 2> "$RUN/time.txt" || { cat "$RUN/time.txt" >&2; exit 1; }
   grep -E "Elapsed|Maximum resident" "$RUN/time.txt"

