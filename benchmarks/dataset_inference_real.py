@@ -36,7 +36,8 @@ import torch
 
 from stealkit.data import load_dataset
 from stealkit.runtime import environment
-from stealkit.verify.dataset_inference import crop_views, dataset_inference_reps, fit_gmm, representations
+from stealkit.verify.alignment import SIMCLR_VIEWS, augmented_views, pairwise_alignment
+from stealkit.verify.dataset_inference import crop_views, dataset_inference_reps, fit_gmm, representations, t_greater
 
 
 def load_suspect(spec: str):
@@ -54,8 +55,8 @@ def load_suspect(spec: str):
     return load_encoder(spec).eval(), about
 
 
-def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, cache: Path | None) -> np.ndarray:
-    """L2-normalised float64 representations, cached on disk by checkpoint file hash and image-set tag."""
+def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, cache: Path | None, fast: bool = False) -> np.ndarray:
+    """L2-normalised representations (float32 on disk), cached by checkpoint file hash and image-set tag."""
     path = None
     if cache is not None:
         ident = spec
@@ -65,7 +66,7 @@ def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, ca
         path = cache / f"{hashlib.sha256((ident + tag).encode()).hexdigest()[:20]}.npy"
         if path.exists():
             return np.load(path)
-    reps = representations(model, images)
+    reps = representations(model, images, fast=fast)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, reps.astype(np.float32))
@@ -84,6 +85,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048, 5000, 10000])
     ap.add_argument("--draws", type=int, default=5, help="subsets per size below the maximum")
     ap.add_argument("--views", choices=["crop", "none"], default="crop")
+    ap.add_argument("--align-views", type=int, default=4, help="views per image of the view-alignment test (0: skip it)")
+    ap.add_argument("--align-max", type=int, default=5000, help="private and public images of the view-alignment test")
+    ap.add_argument("--variants", default="1:diag,5:diag,50:diag,10:full",
+                    help="other GMM settings (components:covariance) tried on the victim's representations, to show "
+                         "whether any setting finds the signal the released one misses ('' skips)")
+    ap.add_argument("--fast", action="store_true", help="embed with bf16 autocast where the CPU/GPU has it (runtime.bf16_enabled)")
     ap.add_argument("--components", type=int, default=20)
     ap.add_argument("--covariance", default="diag")
     ap.add_argument("--alpha", type=float, default=0.01)
@@ -105,7 +112,8 @@ def main() -> None:
     perm = torch.randperm(len(private), generator=torch.Generator().manual_seed(args.seed))
     fit_imgs = private.images[perm[: args.fit]]
     train_imgs = private.images[perm[args.fit : args.fit + n_max]]
-    pub_imgs = public.images[torch.randperm(len(public), generator=torch.Generator().manual_seed(args.seed + 1))[:n_max]]
+    pub_raw = public.images[torch.randperm(len(public), generator=torch.Generator().manual_seed(args.seed + 1))[:n_max]]
+    pub_imgs = pub_raw
     if args.views == "crop":  # one view per image, the same views for every suspect
         fit_imgs, train_imgs, pub_imgs = crop_views(fit_imgs, args.seed), crop_views(train_imgs, args.seed + 1), crop_views(pub_imgs, args.seed + 2)
     suspects = [item.split("=", 1) for item in args.suspect]
@@ -118,14 +126,38 @@ def main() -> None:
                                     f"{row['queries']:,} queries billed, ${row['cost']:.2f}" if row.get("cost") is not None else "")
     if not suspects:
         raise SystemExit("give at least one --suspect LABEL=CHECKPOINT or --run DIR")
-    tag = f"{args.private}|{args.public}|{args.fit}|{n_max}|{args.views}|{args.seed}"
+    tag = f"{args.private}|{args.public}|{args.fit}|{n_max}|{args.views}|{args.seed}|fast={args.fast}"
+    if args.align_views:
+        na = min(args.align_max, n_max)
+        align_priv = augmented_views(private.images[perm[args.fit : args.fit + na]], args.align_views, seed=args.seed + 3)
+        align_pub = augmented_views(pub_raw[:na], args.align_views, seed=args.seed + 4)
     cache = Path(args.cache) if args.cache else None
     rows = []
     for label, spec in suspects:
         t0 = time.perf_counter()
         model, info = load_suspect(spec)
-        reps = {part: cached_reps(label, spec, model, imgs, f"{tag}|{part}", cache)
+        reps = {part: cached_reps(label, spec, model, imgs, f"{tag}|{part}", cache, args.fast)
                 for part, imgs in (("fit", fit_imgs), ("train", train_imgs), ("public", pub_imgs))}
+        align = None
+        if args.align_views:
+            scores = {}
+            for part, v in (("private", align_priv), ("public", align_pub)):
+                flat = v.reshape(-1, *v.shape[2:])
+                r = cached_reps(label, spec, model, flat, f"{tag}|align{args.align_views}x{na}|{part}", cache, args.fast)
+                scores[part] = pairwise_alignment(torch.from_numpy(r).reshape(args.align_views, na, -1))
+            align = {"views": args.align_views, "augment": SIMCLR_VIEWS, "mean_private": float(scores["private"].mean()),
+                     "mean_public": float(scores["public"].mean()), "curve": []}
+            for n in sorted(x for x in set(args.sizes) | {na} if x <= na):
+                ps = []
+                for d in range(1 if n == na else args.draws):
+                    g = np.random.default_rng([args.seed, n, d, 1])
+                    it = np.arange(n) if n == na else g.choice(na, n, replace=False)
+                    ip = np.arange(n) if n == na else g.choice(na, n, replace=False)
+                    ps.append(t_greater(scores["private"][it], scores["public"][ip])[1])
+                align["curve"].append({"n": n, "p_median": float(np.median(ps)), "p_values": ps,
+                                       "flagged_fraction": float(np.mean(np.array(ps) < args.alpha))})
+            t_a, p_a = t_greater(scores["private"], scores["public"])
+            align.update(n=na, t_statistic=t_a, p_value=p_a, stolen=bool(p_a < args.alpha))
         t_embed = time.perf_counter() - t0
         gmm = fit_gmm(reps["fit"].astype(np.float64), args.components, args.covariance, args.seed)
         curve = []
@@ -144,11 +176,25 @@ def main() -> None:
                           "flagged_fraction": float(np.mean(np.array(ps) < args.alpha))})
         full = dataset_inference_reps(None, reps["train"].astype(np.float64), reps["public"].astype(np.float64), gmm=gmm,
                                       n_fit=args.fit, views=args.views, covariance_type=args.covariance, alpha=args.alpha)
+        variants = []
+        if kinds.get(label) == "victim" and args.variants:
+            for v in args.variants.split(","):
+                k, cov = v.split(":")
+                r = dataset_inference_reps(reps["fit"].astype(np.float64), reps["train"].astype(np.float64),
+                                           reps["public"].astype(np.float64), n_components=int(k), covariance_type=cov,
+                                           views=args.views, alpha=args.alpha, seed=args.seed)
+                variants.append({"components": int(k), "covariance": cov, "p_value": r.p_value, "t_statistic": r.t_statistic,
+                                 "delta_ll": r.mean_ll_train - r.mean_ll_test})
+                print(f"{label:28s} GMM({k}, {cov}) p={r.p_value:.3g} t={r.t_statistic:.3g}", flush=True)
         row = {"label": label, "checkpoint": spec, "kind": kinds.get(label), "made": about.get(label, info["made"]),
                "queries": info["queries"], **full.to_dict(), "delta_ll": full.mean_ll_train - full.mean_ll_test,
-               "curve": curve, "seconds_embed": round(t_embed, 1), "seconds": round(time.perf_counter() - t0, 1)}
+               "curve": curve, "alignment": align, "gmm_variants": variants, "seconds_embed": round(t_embed, 1), "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
-        print(f"{label:28s} p={full.p_value:.3g} t={full.t_statistic:.3g} Δll={row['delta_ll']:.3g} {full.verdict}  "
+        if align:
+            print(f"{label:28s} alignment p={align['p_value']:.3g} t={align['t_statistic']:.3g} "
+                  f"Δ={align['mean_private'] - align['mean_public']:.4f}  curve p: "
+                  + " ".join("%d:%.2g" % (c["n"], c["p_median"]) for c in align["curve"]), flush=True)
+        print(f"{label:28s} GMM p={full.p_value:.3g} t={full.t_statistic:.3g} Δll={row['delta_ll']:.3g} {full.verdict}  "
               f"curve p: {' '.join('%d:%.2g' % (c['n'], c['p_median']) for c in curve)}  ({row['seconds']:.0f}s)", flush=True)
     independent = [r for r in rows if r["kind"] == "independent"]
     summary = {"false_positive_rate": (sum(r["stolen"] for r in independent) / len(independent)) if independent else None,

@@ -295,8 +295,79 @@ def quickstart() -> str:
     return "\n".join(lines)
 
 
+def _p(x: float) -> str:
+    return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+
+
+def dataset_inference() -> str:
+    """Each suspect: how it was made, #queries, the released GMM test and the view-alignment test (p, verdict)."""
+    src = "benchmarks/results/dataset_inference_real_cpu.json"
+    d = load("dataset_inference_real_cpu.json")
+    a = d["args"]
+    head = ["suspect", "kind", "#queries", "GMM dataset inference: p (verdict)", "view alignment: p (verdict)",
+            "Δ alignment (private − public)"]
+    rows = []
+    for r in d["rows"]:
+        al = r.get("alignment") or {}
+        q = "—" if r.get("queries") in (None, 0) and r.get("kind") != "stolen" else f"{r['queries']:,}"
+        gmm = f"{_p(r['p_value'])} ({'**stolen**' if r['stolen'] else 'not flagged'})"
+        ali = f"{_p(al['p_value'])} ({'**stolen**' if al['stolen'] else 'not flagged'})" if al else "—"
+        delta = f"{al['mean_private'] - al['mean_public']:+.4f}" if al else "—"
+        rows.append([r["label"], r.get("kind") or "—", q, gmm, ali, delta])
+    ind = [r for r in d["rows"] if r.get("kind") == "independent"]
+    fpr_g = sum(r["stolen"] for r in ind)
+    fpr_a = sum((r.get("alignment") or {}).get("stolen", False) for r in ind)
+    n_al = (d["rows"][0].get("alignment") or {}).get("n", 0)
+    lines = md_table(head, rows)
+    lines += ["", f"GMM: {a['components']} diagonal components fitted on the suspect's representations of {a['fit']:,} private "
+              f"images (one RandomResizedCrop view each), then {max(a['sizes']):,} other private vs {max(a['sizes']):,} public "
+              f"images, one-sided Student t-test (the released protocol). View alignment: {a['align_views']} SimCLR views of "
+              f"{n_al:,} private and {n_al:,} public images. Verdict at p < {a['alpha']}. False positives over the "
+              f"{len(ind)} independent encoders: GMM {fpr_g}/{len(ind)}, alignment {fpr_a}/{len(ind)}. "
+              f"Wall {d['wall_seconds'] / 60:.1f} min, {machine(d)}, seed {a['seed']}. Source: `{src}`."]
+    return "\n".join(lines)
+
+
+def dataset_inference_curve() -> str:
+    """Median p-value against the number of private/public images, per suspect kind (victim and the strongest copies)."""
+    src = "benchmarks/results/dataset_inference_real_cpu.json"
+    d = load("dataset_inference_real_cpu.json")
+    sizes = sorted({c["n"] for r in d["rows"] for c in r["curve"]})
+    head = ["suspect", "test"] + [f"{n:,}" for n in sizes]
+    rows = []
+    for r in d["rows"]:
+        if r.get("kind") not in ("victim", "stolen") and not r["label"].startswith("random ResNet18 (seed 0)"):
+            continue
+        for test, curve in (("GMM", r["curve"]), ("alignment", (r.get("alignment") or {}).get("curve", []))):
+            by_n = {c["n"]: c["p_median"] for c in curve}
+            rows.append([r["label"], test] + [_p(by_n[n]) if n in by_n else "—" for n in sizes])
+    lines = md_table(head, rows)
+    lines += ["", f"Median p over {d['args']['draws']} random subsets of n private and n public images (one draw at the "
+              f"largest n); the images are embedded once. Source: `{src}`."]
+    return "\n".join(lines)
+
+
+def attack_comparison() -> str:
+    """SA per attack and #queries on GTSRB and MNIST, from the verification run's stolen copies."""
+    src = "benchmarks/results/verify_real_cpu.json"
+    d = load("verify_real_cpu.json")
+    sets = ["gtsrb", "mnist"]
+    head = ["attack", "surrogate images", "#queries (billed)"] + [f"{NAMES[s]} SA (SA/TA)" for s in sets]
+    ta = {s: d["rows"][0]["downstream"][s]["TA"] for s in sets}
+    rows = [["*victim (TA)*", "—", "—"] + [f"*{pct(ta[s])}*" for s in sets]]
+    for r in sorted(d["rows"], key=lambda r: (r["surrogate_size"], r["label"])):
+        rows.append([r["label"], f"{r['surrogate_size']:,}", f"{r['queries']:,}"]
+                    + [f"{pct(r['downstream'][s]['SA'])} ({ratio(r['downstream'][s]['SA/TA'])})" for s in sets])
+    sizes = d["rows"][0]["downstream"]["gtsrb"]
+    lines = md_table(head, rows)
+    lines += ["", f"Probes on {sizes['train_size']:,} train / {sizes['test_size']:,} test images per set. {probe_note(d)} "
+              + run_line(d, src)]
+    return "\n".join(lines)
+
+
 BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, "table2": table2, "defences": defences, "table11": table11,
-          "speed": speed, "serving": serving}
+          "speed": speed, "serving": serving, "dataset_inference": dataset_inference,
+          "dataset_inference_curve": dataset_inference_curve, "attack_comparison": attack_comparison}
 PATTERN = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)
 
 

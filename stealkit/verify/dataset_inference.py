@@ -62,12 +62,13 @@ class DatasetInferenceResult:
         return {**asdict(self), "verdict": self.verdict, "variant": self.variant}
 
 
-def representations(model, images: torch.Tensor, batch_size: int = 512, normalize: bool = True) -> np.ndarray:
-    """float64 N×D representations of uint8 images from an encoder (nn.Module) or a Target (`embed`)."""
+def representations(model, images: torch.Tensor, batch_size: int = 512, normalize: bool = True, fast: bool = False) -> np.ndarray:
+    """float64 N×D representations of uint8 images from an encoder (nn.Module) or a Target (`embed`).
+    fast=True (a local encoder only): bf16 autocast and channels-last where the hardware has them (models.encoder.embed)."""
     if isinstance(model, torch.nn.Module):
         from stealkit.models.encoder import embed
 
-        feats = embed(model, images, batch_size=batch_size)
+        feats = embed(model, images, batch_size=batch_size, amp=fast, fast=fast)
     else:
         feats = torch.cat([model.embed(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     feats = feats.float()
