@@ -44,4 +44,4 @@ python benchmarks/dataset_inference_real.py --suspect "victim=$VICTIM" --kind vi
   --suspect "random ResNet18 (seed 0)=random:resnet18:0" --suspect "random ResNet18 (seed 1)=random:resnet18:1" \
   --kind "SimCLR on GTSRB=independent" --kind "SimCLR on tiny_imagenet32=independent" --kind "EfficientNet-Lite0 (ImageNet)=independent" \
   --kind "random ResNet18 (seed 0)=independent" --kind "random ResNet18 (seed 1)=independent" \
-  ${DI_EXTRA:-} --out benchmarks/results/dataset_inference_real_cpu.json
+  --fast ${DI_EXTRA:-} --out benchmarks/results/dataset_inference_real_cpu.json
