@@ -36,8 +36,8 @@ import torch
 
 from stealkit.data import load_dataset
 from stealkit.runtime import environment
-from stealkit.verify.alignment import SIMCLR_VIEWS, augmented_views, pairwise_alignment
-from stealkit.verify.dataset_inference import crop_views, dataset_inference_reps, fit_gmm, representations, t_greater
+from stealkit.verify.alignment import SIMCLR_VIEWS, alignment_scores_test, augmented_views, pairwise_alignment
+from stealkit.verify.dataset_inference import crop_views, dataset_inference_reps, fit_gmm, representations
 
 
 def load_suspect(spec: str):
@@ -56,20 +56,31 @@ def load_suspect(spec: str):
 
 
 def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, cache: Path | None, fast: bool = False) -> np.ndarray:
-    """L2-normalised representations (float32 on disk), cached by checkpoint file hash and image-set tag."""
+    """L2-normalised representations (float32 on disk), cached under a key of everything that shapes them: the
+    checkpoint's weights and sidecar (or the random spec), the exact input images, and the precision that ran."""
+    from stealkit.models.checkpoint import weights_path
+    from stealkit.runtime import bf16_enabled
+
     path = None
     if cache is not None:
-        ident = spec
-        weights = Path(spec + ".safetensors")
-        if weights.exists():
-            ident = hashlib.sha256(weights.read_bytes()).hexdigest()
-        path = cache / f"{hashlib.sha256((ident + tag).encode()).hexdigest()[:20]}.npy"
+        h = hashlib.sha256()
+        if spec.startswith("random:"):
+            h.update(spec.encode())
+        else:
+            w = weights_path(spec)
+            h.update(w.read_bytes())
+            h.update(w.with_suffix(".json").read_bytes())
+        h.update(images.contiguous().numpy().tobytes())
+        h.update(f"{tag}|bf16={fast and bf16_enabled(torch.device('cpu'))}".encode())
+        path = cache / f"{h.hexdigest()[:24]}.npy"
         if path.exists():
             return np.load(path)
     reps = representations(model, images, fast=fast)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, reps.astype(np.float32))
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, reps.astype(np.float32))
+        os.replace(tmp, path)  # a crash never leaves a truncated file under the key
     return reps
 
 
@@ -122,8 +133,9 @@ def main() -> None:
             label = f"{row['label']}, {row['queries']:,} queries"
             suspects.append((label, str(Path(run) / "rows" / row["key"] / "stolen")))
             kinds.setdefault(label, "stolen")
+            cost = f", ${row['cost']:.2f}" if row.get("cost") is not None else ""
             about.setdefault(label, f"{row['label']} ({row['settings']}) through the served API, {row['surrogate']}, "
-                                    f"{row['queries']:,} queries billed, ${row['cost']:.2f}" if row.get("cost") is not None else "")
+                                    f"{row['queries']:,} queries billed{cost}")
     if not suspects:
         raise SystemExit("give at least one --suspect LABEL=CHECKPOINT or --run DIR")
     tag = f"{args.private}|{args.public}|{args.fit}|{n_max}|{args.views}|{args.seed}|fast={args.fast}"
@@ -153,11 +165,11 @@ def main() -> None:
                     g = np.random.default_rng([args.seed, n, d, 1])
                     it = np.arange(n) if n == na else g.choice(na, n, replace=False)
                     ip = np.arange(n) if n == na else g.choice(na, n, replace=False)
-                    ps.append(t_greater(scores["private"][it], scores["public"][ip])[1])
+                    ps.append(alignment_scores_test(scores["private"][it], scores["public"][ip]).p_value)
                 align["curve"].append({"n": n, "p_median": float(np.median(ps)), "p_values": ps,
                                        "flagged_fraction": float(np.mean(np.array(ps) < args.alpha))})
-            t_a, p_a = t_greater(scores["private"], scores["public"])
-            align.update(n=na, t_statistic=t_a, p_value=p_a, stolen=bool(p_a < args.alpha))
+            r_a = alignment_scores_test(scores["private"], scores["public"], alpha=args.alpha, views=args.align_views)
+            align.update(n=na, t_statistic=r_a.t_statistic, p_value=r_a.p_value, stolen=r_a.stolen)
         t_embed = time.perf_counter() - t0
         gmm = fit_gmm(reps["fit"].astype(np.float64), args.components, args.covariance, args.seed)
         curve = []
@@ -211,10 +223,14 @@ def write(args, rows: list[dict], t_start: float, complete: bool) -> dict:
 
     summary = {"n_independent": len(independent), "n_victim_or_stolen": len(owned),
                "false_positive_rate_gmm": rate(independent, lambda r: r["stolen"]),
-               "false_positive_rate_alignment": rate(independent, lambda r: (r["alignment"] or {}).get("stolen")),
+               "false_positive_rate_alignment": rate(independent, lambda r: r["alignment"]["stolen"]) if args.align_views else None,
                "true_positive_rate_gmm": rate(owned, lambda r: r["stolen"]),
-               "true_positive_rate_alignment": rate(owned, lambda r: (r["alignment"] or {}).get("stolen"))}
+               "true_positive_rate_alignment": rate(owned, lambda r: r["alignment"]["stolen"]) if args.align_views else None}
+    from stealkit.runtime import bf16_enabled
+
+    precision = {"bf16_autocast": bool(args.fast and bf16_enabled(torch.device("cpu")))}
     out = {"benchmark": "dataset_inference_real", "complete": complete, "args": vars(args), "environment": environment(),
+           "precision": precision,
            "summary": summary, "rows": rows, "wall_seconds": round(time.perf_counter() - t_start, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=float))

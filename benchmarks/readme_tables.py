@@ -299,10 +299,16 @@ def _p(x: float) -> str:
     return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
 
 
+def _complete(d: dict, src: str) -> dict:
+    if not d.get("complete", True):
+        raise SystemExit(f"{src} is a partial record (complete: false): its run stopped early; rerun it before rendering")
+    return d
+
+
 def dataset_inference() -> str:
     """Each suspect: how it was made, #queries, the released GMM test and the view-alignment test (p, verdict)."""
     src = "benchmarks/results/dataset_inference_real_cpu.json"
-    d = load("dataset_inference_real_cpu.json")
+    d = _complete(load("dataset_inference_real_cpu.json"), src)
     a = d["args"]
     head = ["suspect", "kind", "#queries", "GMM dataset inference: p (verdict)", "view alignment: p (verdict)",
             "Δ alignment (private − public)"]
@@ -314,25 +320,26 @@ def dataset_inference() -> str:
         ali = f"{_p(al['p_value'])} ({'**stolen**' if al['stolen'] else 'not flagged'})" if al else "—"
         delta = f"{al['mean_private'] - al['mean_public']:+.4f}" if al else "—"
         rows.append([r["label"], r.get("kind") or "—", q, gmm, ali, delta])
-    ind = [r for r in d["rows"] if r.get("kind") == "independent"]
-    fpr_g = sum(r["stolen"] for r in ind)
-    fpr_a = sum((r.get("alignment") or {}).get("stolen", False) for r in ind)
+    sm = d["summary"]
+    n_ind = sm["n_independent"]
     n_al = (d["rows"][0].get("alignment") or {}).get("n", 0)
+    view = "one RandomResizedCrop view each" if a["views"] == "crop" else "the images as they are"
+    fp_a = "—" if sm["false_positive_rate_alignment"] is None else f"{round(sm['false_positive_rate_alignment'] * n_ind)}/{n_ind}"
     lines = md_table(head, rows)
-    lines += ["", f"GMM: {a['components']} diagonal components fitted on the suspect's representations of {a['fit']:,} private "
-              f"images (one RandomResizedCrop view each), then {max(a['sizes']):,} other private vs {max(a['sizes']):,} public "
-              f"images, one-sided Student t-test (the released protocol). View alignment: {a['align_views']} SimCLR views of "
-              f"{n_al:,} private and {n_al:,} public images. Verdict at p < {a['alpha']}. False positives over the "
-              f"{len(ind)} independent encoders: GMM {fpr_g}/{len(ind)}, alignment {fpr_a}/{len(ind)}. "
-              f"Wall {d['wall_seconds'] / 60:.1f} min, {machine(d)}, seed {a['seed']}. Source: `{src}`."]
+    lines += ["", f"GMM: {a['components']} components ({a['covariance']} covariance) fitted on the suspect's representations of "
+              f"{a['fit']:,} private images ({view}), then {max(a['sizes']):,} other private vs {max(a['sizes']):,} public "
+              f"images, one-sided Student t-test (the released protocol). View alignment: {a['align_views']} views "
+              f"(crop+flip+jitter+gray) of {n_al:,} private and {n_al:,} public images. Verdict at p < {a['alpha']}. "
+              f"False positives over the {n_ind} independent encoders: GMM {round(sm['false_positive_rate_gmm'] * n_ind)}/{n_ind}, "
+              f"alignment {fp_a}. Wall {d['wall_seconds'] / 60:.1f} min, {machine(d)}, seed {a['seed']}. Source: `{src}`."]
     return "\n".join(lines)
 
 
 def dataset_inference_curve() -> str:
     """Median p-value against the number of private/public images, per suspect kind (victim and the strongest copies)."""
     src = "benchmarks/results/dataset_inference_real_cpu.json"
-    d = load("dataset_inference_real_cpu.json")
-    sizes = sorted({c["n"] for r in d["rows"] for c in r["curve"]})
+    d = _complete(load("dataset_inference_real_cpu.json"), src)
+    sizes = sorted({c["n"] for r in d["rows"] for c in r["curve"] + (r.get("alignment") or {}).get("curve", [])})
     head = ["suspect", "test"] + [f"{n:,}" for n in sizes]
     rows = []
     for r in d["rows"]:

@@ -22,7 +22,8 @@ mkdir -p "$RUN"
   --trained-on imagenet:train --dataset-size 1281167 --out "$VICTIM"
 LEDGER="$RUN/ledger.sqlite"
 ACCOUNT="thief-$(date +%s)"
-export STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"
+STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"  # assigned first: set -e sees a failure
+export STEALKIT_API_KEY
 stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device "$DEVICE" --log-level warning &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT

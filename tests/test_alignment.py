@@ -74,3 +74,35 @@ def test_dataset_inference_reps_detects_a_planted_density_gap():
     assert again.p_value == pytest.approx(r.p_value) and again.t_statistic == pytest.approx(r.t_statistic)
     with pytest.raises(ValueError, match="fit"):
         dataset_inference_reps(None, priv, pub)
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # the constant-score case, on purpose
+def test_alignment_scores_test_direction_and_constant_scores():
+    from stealkit.verify.alignment import alignment_scores_test
+
+    rng = np.random.default_rng(1)
+    high, low = 0.92 + 0.01 * rng.standard_normal(400), 0.91 + 0.01 * rng.standard_normal(400)
+    r = alignment_scores_test(high, low, alpha=0.01)
+    assert r.p_value < 1e-10 and r.stolen and r.mean_private > r.mean_public and r.n_private == 400
+    swapped = alignment_scores_test(low, high, alpha=0.01)
+    assert swapped.p_value > 1 - 1e-10 and not swapped.stolen  # one-sided: better alignment of *public* images is no evidence
+    flat = alignment_scores_test(np.ones(5), np.ones(5))
+    assert flat.p_value == 1.0 and not flat.stolen
+
+
+def test_pairwise_alignment_counts_a_zero_vector_as_zero_cosine():
+    a = torch.tensor([[1.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0]])
+    c = torch.tensor([[1.0, 0.0]])
+    # pairs (a,b) 0, (a,c) 1, (b,c) 0 -> 1/3
+    np.testing.assert_allclose(pairwise_alignment(torch.stack([a, b, c])), [1 / 3], atol=1e-12)
+
+
+def test_bonferroni_verdict_over_the_tests():
+    from stealkit.verify.suspect import SuspectReport
+
+    report = SuspectReport(alpha=0.01)
+    report.tests = {"a": {"p_value": 0.008, "queries": 0}, "b": {"p_value": 0.5, "queries": 0}}
+    assert report.threshold == pytest.approx(0.005) and not report.stolen  # 0.008 < alpha but not < alpha / 2
+    report.tests["a"]["p_value"] = 0.004
+    assert report.stolen and "stolen" in report.verdict

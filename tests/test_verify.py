@@ -333,3 +333,28 @@ def test_verify_suspect_combines_tests_counts_queries_and_splits_alpha(di_settin
     assert not other.stolen and min(t["p_value"] for t in other.tests.values()) > other.threshold
     with pytest.raises(ValueError, match="unknown tests"):
         verify_suspect(None, victim, private, public, tests=("gmm",))
+
+
+def test_verify_command_user_errors_are_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stealkit.cli import app
+    from stealkit.models.checkpoint import save_encoder
+
+    save_encoder(build_encoder("cnn_tiny", input_size=SIZE), tmp_path / "enc")
+    monkeypatch.delenv("STEALKIT_API_KEY", raising=False)
+    cases = {
+        ("--suspect", str(tmp_path / "enc")): "needs --victim, --private, --public",
+        ("--victim", str(tmp_path / "enc"), "--suspect", str(tmp_path / "nope"), "--private", "digits:train", "--public", "digits:test"):
+            "no checkpoint there",
+        ("--victim", str(tmp_path / "enc"), "--suspect", "http://127.0.0.1:9", "--private", "digits:train", "--public", "digits:test"):
+            "put its key in $STEALKIT_API_KEY",
+        ("--victim", str(tmp_path / "enc"), "--suspect", str(tmp_path / "enc"), "--private", "nosuchset:train", "--public", "digits:test"):
+            "stealkit verify:",
+    }
+    for args, message in cases.items():
+        r = CliRunner().invoke(app, ["verify", *args])
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
+        assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    r = CliRunner().invoke(app, ["verify"])
+    assert "dataset-inference" in r.output and "--suspect" in r.output  # bare: the help with the subcommands

@@ -51,14 +51,16 @@ def verify_cmd(
     victim: Optional[Path] = typer.Option(None, help="the provider's encoder checkpoint (its watermark head, if any, beside it)"),
     private: Optional[str] = typer.Option(None, help="the victim's private training data, NAME:split"),
     public: Optional[str] = typer.Option(None, help="held-out data of the same distribution, NAME:split"),
-    private_limit: int = typer.Option(5000, min=4, help="random private images to use"),
-    public_limit: int = typer.Option(5000, min=2, help="random public images to use"),
-    views: int = typer.Option(4, min=2, help="augmented views per image for the view-alignment test"),
+    private_limit: int = typer.Option(2000, min=4, help="random private images to use"),
+    public_limit: int = typer.Option(2000, min=2, help="random public images to use"),
+    align_views: int = typer.Option(4, min=2, help="augmented views per image for the view-alignment test"),
     components: int = typer.Option(20, min=1, help="GMM components of dataset inference"),
     watermark_limit: int = typer.Option(1000, min=1, help="public images the watermark test rotates"),
     alpha: float = typer.Option(0.01, help="the chance of a false accusation the verdict allows (split over the tests)"),
     price_per_1000: Optional[float] = typer.Option(None, help="the suspect API's price per 1,000 images, to report the cost"),
+    max_queries: Optional[int] = typer.Option(None, min=1, help="refuse to start when an API suspect would be sent more images"),
     api_key_env: str = typer.Option("STEALKIT_API_KEY", help="env var holding the suspect API's key (URL suspects)"),
+    size: int = typer.Option(32, help="image side the private/public sets are loaded at (the encoders resize)"),
     data_root: Optional[str] = typer.Option(None, help="data root (else STEALKIT_DATA, else ./data)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
@@ -70,9 +72,12 @@ def verify_cmd(
     import os
 
     from stealkit.cli.common import fail
-    from stealkit.models.checkpoint import load_encoder
+    from stealkit.models.checkpoint import load_encoder, weights_path
     from stealkit.runtime import pick_device
-    from stealkit.verify.suspect import verify_suspect
+    from stealkit.data.registry import UnknownDataset
+    from stealkit.targets.base import BudgetExceeded
+    from stealkit.targets.remote import RemoteError
+    from stealkit.verify.suspect import planned_queries, verify_suspect
     from stealkit.verify.watermark import head_path, load_watermark_head
 
     missing = [f"--{n}" for n, v in (("suspect", suspect), ("victim", victim), ("private", private), ("public", public)) if v is None]
@@ -80,23 +85,35 @@ def verify_cmd(
         fail(f"stealkit verify needs {', '.join(missing)} (or a subcommand: dataset-inference, watermark, embed-watermark)")
     if not 0 < alpha < 1:
         fail(f"--alpha {alpha}: give a probability between 0 and 1, e.g. 0.01")
-    dev = pick_device(device)
-    vic = load_encoder(victim, device=dev)
-    if suspect.startswith(("http://", "https://")):
-        from stealkit.targets.remote import RemoteTarget
+    remote = suspect.startswith(("http://", "https://"))
+    for label, path in (("victim", str(victim)), ("suspect", None if remote else suspect)):
+        if path is not None and not weights_path(path).exists():
+            fail(f"--{label} {path}: no checkpoint there ({weights_path(path)} is missing); give a path written by stealkit import/steal/pretrain")
+    head = head_path(victim)  # the victim's only role here: its watermark head (dataset inference fits on the suspect)
+    try:
+        priv = _images(private, private_limit, seed, data_root, size)
+        pub = _images(public, public_limit, seed + 1, data_root, size)
+        wm = dict(watermark_head=load_watermark_head(head), watermark_images=pub[:watermark_limit]) if head.exists() else {}
+        planned = planned_queries(len(priv), len(pub), align_views, len(wm.get("watermark_images", [])))
+        if remote:
+            key = os.environ.get(api_key_env)
+            if not key:
+                fail(f"the suspect is an API: put its key in ${api_key_env} (or name another variable with --api-key-env)")
+            if max_queries is not None and planned > max_queries:
+                fail(f"these tests would send the suspect API {planned:,} images, over --max-queries {max_queries:,}; "
+                     f"lower --private-limit/--public-limit/--align-views or raise the cap")
+            typer.echo(f"sending the suspect API {planned:,} images", err=True)
+            from stealkit.targets.remote import RemoteTarget
 
-        key = os.environ.get(api_key_env)
-        if not key:
-            fail(f"the suspect is an API: put its key in ${api_key_env} (or name another variable with --api-key-env)")
-        sus = RemoteTarget(suspect, key)
-    else:
-        sus = load_encoder(Path(suspect), device=dev)
-    priv = _images(private, private_limit, seed, data_root, 32)
-    pub = _images(public, public_limit, seed + 1, data_root, 32)
-    head = head_path(victim)
-    wm = dict(watermark_head=load_watermark_head(head), watermark_images=pub[:watermark_limit]) if head.exists() else {}
-    report = verify_suspect(vic, sus, priv, pub, views=views, components=components, alpha=alpha, seed=seed,
-                            price_per_1000=price_per_1000, **wm)
+            sus = RemoteTarget(suspect, key)
+        else:
+            sus = load_encoder(Path(suspect), device=pick_device(device))
+        report = verify_suspect(None, sus, priv, pub, views=align_views, components=components, alpha=alpha, seed=seed,
+                                price_per_1000=price_per_1000, **wm)
+    except UnknownDataset as exc:
+        fail(f"stealkit verify: {exc.args[0]}")
+    except (FileNotFoundError, ValueError, RemoteError, BudgetExceeded) as exc:
+        fail(f"stealkit verify: {exc}")
     lines = [f"suspect {suspect} against victim {victim}; {len(priv):,} private ({private}) and {len(pub):,} public ({public}) images"
              + ("" if wm else "; the victim carries no watermark (no .wmhead.safetensors beside it)")]
     for name, t in report.tests.items():

@@ -42,9 +42,9 @@ def augmented_views(images: torch.Tensor, views: int, augment: str = SIMCLR_VIEW
 def pairwise_alignment(reps: torch.Tensor) -> np.ndarray:
     """V×N×D representations -> N mean cosine over the V(V-1)/2 pairs of views of each image (float64)."""
     v = reps.shape[0]
-    z = F.normalize(reps.double(), dim=-1)
-    s = z.sum(0)  # N×D: Σ_v z_v; Σ_{a≠b} <z_a, z_b> = |Σ z|² − V (each z has norm 1)
-    return ((s * s).sum(-1) - v).div(v * (v - 1)).numpy()
+    z = F.normalize(reps.double(), dim=-1)  # a zero vector stays zero: its cosines count as 0
+    s = z.sum(0)  # N×D: Σ_v z_v; Σ_{a≠b} <z_a, z_b> = |Σ z|² − Σ |z_v|²
+    return ((s * s).sum(-1) - (z * z).sum(-1).sum(0)).div(v * (v - 1)).numpy()
 
 
 def view_alignment(model, view_images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
@@ -88,14 +88,23 @@ def alignment_test(suspect, private_images: torch.Tensor, public_images: torch.T
     """Does `suspect` align the views of the victim's private images (uint8 N×3×H×W) better than those of
     public images of the same distribution (M×3×H×W)? One-sided Student t-test over per-image scores.
     Embeds views·(N+M) images (billed queries when the suspect is a Target)."""
-    from stealkit.verify.dataset_inference import t_greater
-
     if len(private_images) < 2 or len(public_images) < 2:
         raise ValueError(f"need at least 2 private and 2 public images; got {len(private_images)}/{len(public_images)}")
     a = view_alignment(suspect, augmented_views(private_images, views, augment, seed), batch_size)
     b = view_alignment(suspect, augmented_views(public_images, views, augment, seed + 1), batch_size)
+    return alignment_scores_test(a, b, alpha=alpha, views=views, augment=augment)
+
+
+def alignment_scores_test(private_scores: np.ndarray, public_scores: np.ndarray, *, alpha: float = 0.01, views: int = 4,
+                          augment: str = SIMCLR_VIEWS) -> AlignmentTestResult:
+    """The one-sided t-test on per-image alignment scores already computed (N and M floats)."""
+    from stealkit.verify.dataset_inference import t_greater
+
+    a, b = np.asarray(private_scores, dtype=np.float64), np.asarray(public_scores, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 private and 2 public scores; got {len(a)}/{len(b)}")
     t, p = t_greater(a, b)
-    if not np.isfinite(p):
-        p = 1.0
+    if not np.isfinite(p):  # constant scores: no evidence
+        t, p = 0.0, 1.0
     return AlignmentTestResult(p_value=p, t_statistic=t, stolen=bool(p < alpha), alpha=alpha, mean_private=float(a.mean()),
                                mean_public=float(b.mean()), n_private=len(a), n_public=len(b), views=views, augment=augment)

@@ -50,8 +50,9 @@ class DatasetInferenceResult:
 
     @property
     def variant(self) -> str:
+        fitted = f"{self.n_fit} private images" if self.n_fit >= 0 else "private images"
         return (f"GMM({self.n_components}, {self.covariance_type}) fitted on the {self.fit_on}'s representations of "
-                f"{self.n_fit} private images ({'RandomResizedCrop views' if self.views == 'crop' else 'plain images'}), "
+                f"{fitted} ({'RandomResizedCrop views' if self.views == 'crop' else 'plain images'}), "
                 f"{'Student' if self.test == 'student' else 'Welch'} t-test, one-sided")
 
     @property
@@ -189,6 +190,8 @@ def dataset_inference_reps(
     `fit_reps` (or use the fitted `gmm`), score `train_reps` (private images held out from the fit) and
     `test_reps` (public images), one-sided t-test. Lets a caller embed each image once and rerun the test
     at many sample sizes (benchmarks/dataset_inference_real.py)."""
+    if test not in ("student", "welch"):
+        raise ValueError(f"test must be 'student' or 'welch', got {test!r}")
     if gmm is None:
         if fit_reps is None or len(fit_reps) < 2:
             raise ValueError("give at least 2 representations to fit the mixture on, or a fitted gmm")

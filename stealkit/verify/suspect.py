@@ -75,16 +75,24 @@ def verify_suspect(victim, suspect, private_images, public_images, *, watermark_
     unknown = set(tests) - {"dataset_inference", "alignment"}
     if unknown:
         raise ValueError(f"unknown tests {sorted(unknown)}; choose from dataset_inference, alignment")
+    watermark = watermark_head is not None and watermark_images is not None
     report = SuspectReport(alpha=alpha, price_per_1000=price_per_1000)
+    each = alpha / (len(set(tests)) + int(watermark))  # every test's own verdict at the Bonferroni threshold
     if "dataset_inference" in tests:
         r, q, s = _counted(suspect, lambda: dataset_inference(victim, suspect, private_images, public_images,
-                                                              n_components=components, alpha=alpha, seed=seed))
+                                                              n_components=components, alpha=each, seed=seed))
         report.tests["dataset inference (GMM)"] = {**r.to_dict(), "queries": q, "seconds": round(s, 1)}
     if "alignment" in tests:
         r, q, s = _counted(suspect, lambda: alignment_test(suspect, private_images, public_images, views=views,
-                                                           alpha=alpha, seed=seed))
+                                                           alpha=each, seed=seed))
         report.tests["view alignment"] = {**r.to_dict(), "queries": q, "seconds": round(s, 1)}
-    if watermark_head is not None and watermark_images is not None:
-        r, q, s = _counted(suspect, lambda: watermark_accuracy(suspect, watermark_head, watermark_images, alpha=alpha, seed=seed))
+    if watermark:
+        r, q, s = _counted(suspect, lambda: watermark_accuracy(suspect, watermark_head, watermark_images, alpha=each, seed=seed))
         report.tests["watermark"] = {**r.to_dict(), "queries": q, "seconds": round(s, 1)}
     return report
+
+
+def planned_queries(n_private: int, n_public: int, views: int, watermark_images: int = 0) -> int:
+    """Images `verify_suspect` sends a suspect with both default tests: dataset inference embeds every private
+    and public image once, view alignment `views` views of each; the binary watermark two rotations of each image."""
+    return (n_private + n_public) * (1 + views) + 2 * watermark_images
