@@ -29,7 +29,7 @@ from stealkit.defences import build_defence
 from stealkit.experiment.config import ExperimentConfig, VictimSpec
 from stealkit.experiment.report import write_report
 from stealkit.experiment.rows import Row, RowResult
-from stealkit.experiment.shadows import resolve_defence
+from stealkit.experiment.shadows import resolve_defence, resolved_settings
 from stealkit.experiment.victims import get_victim, load_data, spec_key
 from stealkit.models.checkpoint import checkpoint_exists, load_encoder, save_encoder
 from stealkit.probes.evaluate import evaluate_feature_sets, prediction_agreement, probe_config_class
@@ -87,12 +87,14 @@ def _surrogate(row: Row, victim_info: dict, data_root):
 
 
 def row_key(row: Row, cfg: ExperimentConfig, victim_digest: str | None) -> str:
-    """Cache key of a row's queries and stolen encoder: the row (its seed included), the attack's config as
-    resolved (defaults included), plus everything outside it that changes what is stolen: budget, data
-    root, what answers over HTTP, normalised answers, and the victim checkpoint's bytes."""
+    """Cache key of a row's queries and stolen encoder: the row (its seed included), the attack's config and
+    the defence's settings as resolved (defaults included), plus everything outside them that changes what
+    is stolen: budget, data root, what answers over HTTP, normalised answers, and the victim checkpoint's bytes."""
     target = (cfg.target.identity or cfg.target.url) if cfg.target is not None else None
     attack = attack_class(row.attack["name"])(attack_config(row)).config.model_dump()
     extra = {"normalize_answers": True} if cfg.normalize_answers else {}
+    if row.defence:
+        extra["defence_resolved"] = resolved_settings(row.defence)
     return spec_key({**row.as_dict(), "attack_resolved": attack, "budget": cfg.budget, "data_root": cfg.data_root,
                      "target": target, "victim_file": victim_digest, **extra})
 

@@ -5,8 +5,12 @@ settings for other parameters as the attacker").
 
 A defence spec in a config may give the shadow as a spec instead of a checkpoint:
     {name: poisoning, epsilon: 3, norm: l2,
-     shadow: {victim: <victim block>, data: {name: cifar10, split: train, limit: 2000},
+     shadow: {victim: <victim block>, data: {name: cifar10, split: train},
               config: {<the attacker's StolenEncoder settings>}, normalize_answers: false, data_root: null}}
+The paper's setting is the default: `data` left out means the victim's own pre-training data (its
+`pretrain.data`; a checkpoint victim must name it), and `config` left out means StolenEncoder's defaults
+(the paper's attacker). A config whose attacker is sized down (fewer epochs, a smaller architecture) gives
+the same `config` to its shadow (a YAML anchor), and says so where `data` is a subset.
 `resolve_defence` trains that shadow once (cached under STEALKIT_CACHE/shadows by the spec), and returns
 the defence spec with `shadow` replaced by the checkpoint's path and d, λ, A and normalisation set to the
 attacker's (the strong defender knows them). Defences themselves only ever receive resolved objects.
@@ -48,17 +52,37 @@ def attacker_settings(config: dict | None) -> dict:
     return {"lam": c.lam, "distance": c.distance, "normalize": c.normalize, "augment": c.augment}
 
 
+def shadow_problem(spec: dict) -> str | None:
+    """What is wrong with a shadow spec (unknown keys, no victim, no data for a checkpoint victim), or None."""
+    unknown = set(spec) - SHADOW_KEYS
+    if unknown or "victim" not in spec:
+        return (f"poisoning shadow spec needs 'victim' (optional {', '.join(sorted(SHADOW_KEYS - {'victim'}))}); "
+                f"got keys {sorted(spec)}")
+    victim = spec["victim"]
+    if "data" not in spec and not (isinstance(victim, dict) and victim.get("pretrain")):
+        return ("poisoning shadow spec: the victim is a checkpoint, so name the provider's own pre-training data "
+                "as 'data' (the paper trains the shadow on it)")
+    return None
+
+
+def shadow_data(spec: dict):
+    """The shadow's training data: spec['data'], else the victim's own pre-training data (the paper's setting)."""
+    from stealkit.pretrain.config import DataSpec, PretrainConfig
+
+    if "data" in spec:
+        return DataSpec(**spec["data"])
+    return PretrainConfig(**spec["victim"]["pretrain"]).data
+
+
 def shadow_checkpoint(spec: dict, device: str | None = None, progress: bool = False) -> str:
     """A shadow spec -> the path of its trained checkpoint (trained once, cached by the spec)."""
     from stealkit.experiment.victims import get_victim, load_data, spec_key
-    from stealkit.pretrain.config import DataSpec
 
-    unknown = set(spec) - SHADOW_KEYS
-    if unknown or "victim" not in spec or "data" not in spec:
-        raise ValueError(f"poisoning shadow spec needs 'victim' and 'data' (optional {sorted(SHADOW_KEYS - {'victim', 'data'})}); "
-                         f"got keys {sorted(spec)}")
+    problem = shadow_problem(spec)
+    if problem:
+        raise ValueError(problem)
     victim = VictimSpec(**spec["victim"]).model_dump()
-    data = DataSpec(**spec["data"])
+    data = shadow_data(spec)
     config = dict(spec.get("config") or {})
     normalize = bool(spec.get("normalize_answers", False))
     key_parts = {"victim": victim, "data": data.model_dump(), "config": config}
@@ -72,6 +96,27 @@ def shadow_checkpoint(spec: dict, device: str | None = None, progress: bool = Fa
         save_encoder(shadow, path, role="poisoning shadow (StolenEncoder Section VII-C)", victim=victim, data=data.model_dump(),
                      config=config, normalize_answers=normalize)
     return str(weights_path(path))
+
+
+def resolved_settings(spec: dict | None) -> dict | None:
+    """A defence spec with every setting its Config fills in by default, without building it (nothing is
+    loaded or trained; a shadow spec stays a spec) -> JSON-able dict, for cache keys: a changed default
+    (a solver's, a preset's) then changes the key instead of reusing what the old default gave."""
+    if not spec or spec.get("name", "none") == "none":
+        return None
+    from stealkit.defences.base import defence_class
+
+    settings = dict(spec)
+    name = settings.pop("name")
+    shadow = settings.get("shadow")
+    if isinstance(shadow, dict):
+        for key, value in attacker_settings(shadow.get("config")).items():
+            settings.setdefault(key, value)
+        settings["shadow"] = "<shadow spec>"
+    out = defence_class(name).Config(**settings).model_dump(mode="json")
+    if isinstance(shadow, dict):
+        out["shadow"] = shadow
+    return {"name": name, **out}
 
 
 def resolve_defence(spec: dict | None, device: str | None = None) -> dict | None:

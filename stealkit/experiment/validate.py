@@ -34,11 +34,11 @@ def _defence_problem(spec: dict | None) -> str | None:
     shadow = spec.get("shadow")
     if isinstance(shadow, dict):  # a training spec: check it, and the defence with a stand-in path
         from stealkit.attacks.steal_config import StealConfig
-        from stealkit.experiment.shadows import SHADOW_KEYS
+        from stealkit.experiment.shadows import shadow_problem
 
-        unknown = set(shadow) - SHADOW_KEYS
-        if unknown or "victim" not in shadow or "data" not in shadow:
-            return f"defence {spec.get('name')!r}: shadow spec needs victim and data (allowed: {', '.join(sorted(SHADOW_KEYS))}); got {sorted(shadow)}"
+        problem = shadow_problem(shadow)
+        if problem:
+            return f"defence {spec.get('name')!r}: {problem}"
         try:
             StealConfig(**(shadow.get("config") or {}))
         except ValidationError as exc:
