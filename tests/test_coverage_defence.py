@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from stealkit.defences.base import DEFENCES, build_defence
 from stealkit.defences.coverage import CoverageDefence, noise_curve
 from stealkit.models.encoder import build_encoder
+from stealkit.runtime import derived_seed
 from stealkit.targets.local import LocalTarget
 
 
@@ -144,3 +147,143 @@ def test_state_is_shared_by_instances_on_one_database(state_url):
     whole = CoverageDefence(**kw)
     whole(sweep[120:], account="y")
     assert w1.stats("y") == whole.stats("y") and w1.stats("y")["queries"] == 120
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The "b4b-released" preset: B4B's released end-to-end setting (Dubiński, Pawlak, Boenisch, Trzciński, Dziedzic,
+# "Bucks for Buckets (B4B): Active Defenses Against Stealing Encoders", NeurIPS 2023, arXiv:2310.08571).
+
+# Two tables of three hand-chosen hyperplanes in D = 3 (the columns; a seed would draw N(0, 1) ones):
+#   table 0: e1, e2, e3                    -> bits [x1 > 0, x2 > 0, x3 > 0]
+#   table 1: (1,1,0), (0,1,1), (1,0,-1)    -> bits [x1 + x2 > 0, x2 + x3 > 0, x1 - x3 > 0]
+# bucket = bit0 + 2·bit1 + 4·bit2, 2^3 = 8 buckets per table.
+HAND_PLANES = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                            [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, -1.0]]])
+
+
+def b4b_sigma(coverage_percent):
+    """The released cost function (end2end-stealing: get_stdev and train_mapper's f):
+    σ = λ·(exp(ln(α/λ)·c/β) − 1), floored at 0, with c the bucket coverage in percent averaged over the
+    tables, α = 0.8, β = 80, λ = 1e-6 (its argparse defaults)."""
+    alpha, beta, lam = 0.8, 80.0, 1e-6
+    return max(lam * (math.exp(math.log(alpha / lam) * coverage_percent / beta) - 1), 0.0)
+
+
+def test_b4b_released_preset_fills_the_released_settings_and_explicit_keys_win():
+    d = build_defence({"name": "coverage", "preset": "b4b-released"})
+    c = d.config
+    assert (c.num_tables, c.num_planes, c.coverage_unit, c.alpha, c.beta, c.lam) == (20, 12, "percent", 0.8, 80.0, 1e-6)
+    assert (c.relative, c.noise_per, c.transform, c.curve) == (False, "batch", "b4b-sybil-map", "exp")
+    assert build_defence({"name": "coverage", "preset": "b4b-released", "lam": 1e-7, "alpha": 1.0}).config.lam == 1e-7
+    s = build_defence({"name": "coverage"}).config  # stealkit's own setting stays the default
+    assert (s.preset, s.num_tables, s.coverage_unit, s.alpha, s.beta, s.lam, s.relative, s.noise_per, s.transform) == (
+        "stealkit", 1, "fraction", 1.0, 0.5, 0.01, True, "query", "affine")
+    with pytest.raises(ValueError, match="preset"):
+        build_defence({"name": "coverage", "preset": "b4b"})
+
+
+def test_b4b_released_buckets_coverage_and_one_sigma_per_batch_match_a_hand_computed_case():
+    d = CoverageDefence(preset="b4b-released", num_tables=2, num_planes=3, transform="none", secret="s", seed=0)
+    d._set_dim(3)
+    d.planes = HAND_PLANES.clone()
+    k = 1e-3  # small features, so that float32 resolves noise of σ ≈ 1e-4 well
+    q1, q2 = [1.0, 2.0, 3.0], [-1.0, 2.0, -3.0]
+    q3, q4 = [2.0, -1.0, 3.0], [-2.0, -1.0, -3.0]
+    # q1: t0 bits (1,1,1) -> 7; t1 (3>0, 5>0, -2>0) = (1,1,0) -> 3
+    # q2: t0 (0,1,0) -> 2;       t1 (1>0, -1>0, 2>0) = (1,0,1) -> 5
+    # q3: t0 (1,0,1) -> 5;       t1 (1>0, 2>0, -1>0) = (1,1,0) -> 3 (hit before)
+    # q4: t0 (0,0,0) -> 0;       t1 (-3>0, -4>0, 1>0) = (0,0,1) -> 4
+    assert d.buckets(k * torch.tensor([q1, q2, q3, q4])).tolist() == [[7, 3], [2, 5], [5, 3], [0, 4]]
+    batches = [
+        # after batch 1: t0 {7, 2}, t1 {3, 5}: coverage = mean(2/8, 2/8) = 25 %
+        (torch.tensor([q1, q2]), 0, 25.0),
+        # after batch 2 (q1 again): t0 {7, 2, 5, 0}, t1 {3, 5, 4}: mean(4/8, 3/8) = 43.75 %
+        (torch.tensor([q3, q4, q1]), 2, 43.75),
+        # batch 3 repeats q1 alone: no new bucket, the same 43.75 % and σ, a fresh draw of noise
+        (torch.tensor([q1]), 5, 43.75),
+    ]
+    residuals = []
+    for x, before, percent in batches:
+        f = k * x
+        out = d(f, account="thief")
+        sigma = b4b_sigma(percent)  # 25 % -> 6.89e-5, 43.75 % -> 1.69e-3
+        z = torch.randn(f.shape, generator=torch.Generator().manual_seed(derived_seed("noise", "s", 0, "thief", before)))
+        r = out - f
+        assert torch.allclose(r, sigma * z, rtol=1e-3, atol=1e-9)  # absolute σ (not scaled by the answer), one per batch
+        ratio = (r / z).flatten()
+        assert torch.allclose(ratio, ratio.mean().expand_as(ratio), rtol=1e-3)  # the same σ for every entry of the batch
+        assert d.stats("thief")["coverage"] * 100 == pytest.approx(percent)
+        assert d.stats("thief")["sigma"] == pytest.approx(sigma, rel=1e-9)
+        residuals.append(r)
+    assert d.stats("thief") | {"sigma": 0} == {"queries": 6, "buckets": 7, "coverage": 0.4375, "sigma": 0}
+    assert not torch.allclose(residuals[2][0], residuals[0][0])  # a repeated query is noised afresh
+
+
+def test_b4b_released_planes_are_seeded_normal_draws_one_set_per_table():
+    a, b = CoverageDefence(preset="b4b-released", seed=3), CoverageDefence(preset="b4b-released", seed=3)
+    f = torch.randn(4, 16)
+    assert a.buckets(f).shape == (4, 20) and b.buckets(f).shape == (4, 20) and torch.equal(a.planes, b.planes)
+    assert a.planes.shape == (20, 16, 12) and not torch.equal(a.planes[0], a.planes[1])
+    assert torch.equal(a.planes, torch.randn(20, 16, 12, generator=torch.Generator().manual_seed(derived_seed("planes", 3))))
+
+
+def test_b4b_released_state_is_per_account():
+    """Each account has its own coverage and its own map y = xA + B, A ~ U(−1,1)^{D×D}, B ~ U(−1,1)^D (sybils do
+    not share a space). The same account asking the same thing again gets the σ of the coverage it has reached
+    (no new bucket) but a new noise draw, as B4B draws one per batch; replaying an account's stream against a
+    fresh state gives bitwise the same answers."""
+    kw = dict(preset="b4b-released", num_tables=2, num_planes=4, secret="k")  # 32 queries cover 65.6 %: σ ≈ 0.07
+    d = CoverageDefence(**kw)
+    sweep, _ = _sweep_and_narrow(n=64, d=8)
+    ya = d(sweep[:32], account="a")
+    yb = d(sweep[:32], account="b")
+    assert d.stats("a") == d.stats("b") and d.stats("a")["queries"] == 32  # b's queries do not count for a
+    eye, zero = torch.eye(8), torch.zeros(1, 8)
+    maps = {acc: (d.transform(eye, acc) - d.transform(zero, acc), d.transform(zero, acc)[0]) for acc in "ab"}
+    for a_mat, b_vec in maps.values():
+        assert a_mat.abs().max() <= 1 and b_vec.abs().max() <= 1 and a_mat.abs().min() > 0
+    assert not torch.allclose(maps["a"][0], maps["b"][0], atol=1e-2) and not torch.allclose(ya, yb, atol=1e-2)
+    before = d.stats("a")
+    again = d(sweep[:32], account="a")
+    after = d.stats("a")
+    assert (after["buckets"], after["coverage"], after["sigma"]) == (before["buckets"], before["coverage"], before["sigma"])
+    assert after["sigma"] == pytest.approx(b4b_sigma(65.625)) and not torch.allclose(again, ya, atol=1e-3)
+    replay = CoverageDefence(**kw)
+    assert torch.equal(replay(sweep[:32], account="a"), ya) and torch.equal(replay(sweep[:32], account="a"), again)
+    other = CoverageDefence(**{**kw, "secret": "another"})
+    assert not torch.allclose(other.transform(eye, "a"), d.transform(eye, "a"), atol=1e-2)
+
+
+def test_b4b_released_transforms_follow_the_released_formulas():
+    x = torch.randn(5, 6)
+    aff = CoverageDefence(transform="b4b-affine", curve="none")
+    scale = aff.transform(torch.ones(1, 6), "u") - aff.transform(torch.zeros(1, 6), "u")
+    shift = aff.transform(torch.zeros(1, 6), "u")
+    assert scale.abs().max() <= 1 and shift.abs().max() <= 1
+    assert torch.allclose(aff(x, account="u"), x * scale + shift, atol=1e-6)  # per coordinate, no mixing
+    pad = CoverageDefence(transform="b4b-shuffle-pad", curve="none")
+    y = pad(x, account="u")
+    assert y.shape == (5, 12)  # pad_dim = D by default, as released
+    kept = torch.isin(y, x)
+    assert (kept.sum(1) == 6).all() and torch.equal(y[:, ~kept[0]], y[:1, ~kept[0]].expand(5, -1))  # pads fixed
+    assert torch.equal(y[kept].reshape(5, 6).sort(1).values, x.sort(1).values)
+    both = CoverageDefence(transform="b4b-affine-shuffle-pad", pad_dim=2, curve="none")
+    assert both(x, account="u").shape == (5, 8)
+    binary = CoverageDefence(transform="b4b-binary", curve="none")
+    b = binary(x, account="u")
+    assert b.shape == (5, 12) and set(b.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(binary(x, account="u"), b) and not torch.equal(binary(x, account="v"), b)
+
+
+def test_b4b_released_preset_is_served_with_its_state_in_the_ledger(tmp_path):
+    from stealkit.service import ServiceSettings
+    from stealkit.service.app import build_served_defence
+
+    ledger = str(tmp_path / "ledger.sqlite")
+    d = build_served_defence(ServiceSettings(ledger=ledger, defence={"name": "coverage", "preset": "b4b-released"}))
+    assert d.db_path == ledger and d.config.num_tables == 20
+    d(torch.randn(8, 16), account="x")
+    again = CoverageDefence(preset="b4b-released", db_path=ledger)
+    assert again.stats("x") == d.stats("x") and again.stats("x")["queries"] == 8
+    with pytest.raises(ValueError, match="num_tables"):
+        CoverageDefence(db_path=ledger)  # the stealkit preset's one table cannot read this state

@@ -78,14 +78,17 @@ def test_batched_answers_equal_the_same_requests_alone(tmp_path, encoder):
     assert Ledger(ledger).usage("a").queries == 2 * 24
 
 
-def test_each_account_keeps_its_own_defence_state_and_bill(tmp_path, encoder):
+@pytest.mark.parametrize("spec", [
+    {"name": "coverage", "num_planes": 6, "transform": "affine", "alpha": 1.0, "lam": 0.01},
+    {"name": "coverage", "preset": "b4b-released", "num_tables": 3, "num_planes": 6},  # one σ per request, sybil maps
+], ids=["stealkit", "b4b-released"])
+def test_each_account_keeps_its_own_defence_state_and_bill(tmp_path, encoder, spec):
     """Two accounts' requests share forward passes; the coverage defence (state in the ledger's database)
     sees each account's rows alone and in its order: the answers equal a fresh defence applied to each
     account's unbatched features in turn."""
     ledger = str(tmp_path / "l.sqlite")
     led = Ledger(ledger)
     keys = {name: led.create_account(name) for name in ("alice", "bob")}
-    spec = {"name": "coverage", "num_planes": 6, "transform": "affine", "alpha": 1.0, "lam": 0.01}
     app = create_app(ServiceSettings(ledger=ledger, device="cpu", defence=spec, batch_wait_ms=200), encoder=encoder)
     rounds = [[("alice", imgs(2, seed=10 * r)), ("bob", imgs(3, seed=10 * r + 1))] for r in range(4)]
     answers = {"alice": [], "bob": []}
@@ -99,7 +102,7 @@ def test_each_account_keeps_its_own_defence_state_and_bill(tmp_path, encoder):
     for name in ("alice", "bob"):
         for (n, x), got in zip([j for jobs in rounds for j in jobs if j[0] == name], answers[name]):
             assert torch.equal(got, reference(embed(encoder, x), images=x, account=n))
-    shared = CoverageDefence(num_planes=6, db_path=ledger)  # the server kept the state in the ledger's database
+    shared = CoverageDefence(db_path=ledger, **{k: v for k, v in spec.items() if k != "name"})  # the server kept the state in the ledger's database
     assert shared.stats("alice") == reference.stats("alice") and shared.stats("alice")["queries"] == 8
     assert shared.stats("bob")["queries"] == 12
     assert (led.usage("alice").queries, led.usage("bob").queries) == (8, 12)

@@ -1,30 +1,63 @@
-"""Coverage-based defence in the spirit of B4B (Dubiński, Pawlak, Boenisch, Trzciński, Dziedzic,
-"Bucks for Buckets (B4B): Active Defenses Against Stealing Encoders", NeurIPS 2023), registered "coverage".
+"""Coverage-based defence of B4B (Dubiński, Pawlak, Boenisch, Trzciński, Dziedzic, "Bucks for Buckets (B4B):
+Active Defenses Against Stealing Encoders", NeurIPS 2023, arXiv:2310.08571), registered "coverage".
 
 Three parts, as in B4B:
-1. Coverage: every answered embedding f (the victim's, before any change) is hashed into one of
-   2^num_planes locality-sensitive buckets by random hyperplanes (SimHash: bit k = [(f − c)·h_k > 0],
-   h_k ~ N(0, I), seeded; c a centre, 0 unless `calibrate` set it from the provider's data). An
-   account's coverage is the fraction of buckets its queries have hit so far. Honest users solve a
+1. Coverage: every answered embedding f (the victim's, before any change) is hashed by random hyperplanes
+   (SimHash) in each of `num_tables` tables of `num_planes` planes: bit k of table t is [(f − c)·h_tk > 0],
+   h_tk ~ N(0, I), seeded; c a centre, 0 unless `calibrate` set it from the provider's data. An account's
+   coverage is the fraction of a table's 2^num_planes buckets its queries have hit so far, averaged over
+   the tables (`coverage_unit: percent` feeds the curve 100× that, as B4B does). Honest users solve a
    narrow task and stay in a few buckets; a thief sweeps the input space and covers many.
-2. Calibrated noise: each answer gets Gaussian noise whose std grows with the account's coverage c
-   *after* that query (per query, in order, within a batch):
-       "exp" (B4B's curve):  σ(c) = λ·((α/λ)^(c/β) − 1)    (σ(0)=0, σ(β)=α−λ, exponential growth)
+2. Calibrated noise: answers get Gaussian noise whose std grows with the account's coverage c:
+       "exp" (B4B's curve):  σ(c) = λ·((α/λ)^(c/β) − 1)  = λ·(exp(ln(α/λ)·c/β) − 1), floored at 0
        "linear":             σ(c) = α·c/β
        "none":               σ(c) = 0                     (transformations only)
-   With `relative=True` (default) σ is in units of the answer's RMS entry ‖f‖/√D, else absolute.
-3. Per-account transformation of the (noised) answer, fixed per account and secret, so answers
-   from several accounts (sybils) do not live in one space: "affine" y = s·(x Q) + b with a random
-   orthogonal Q, scale s ∈ [0.5, 2] and bias b ~ N(0, bias_scale²); "rotation" y = x Q;
-   "shuffle" a signed permutation; "none". Derived from sha256(secret, account): nothing to store.
+   `noise_per: query`: each answer's σ comes from the coverage *after* that query (in order within a call);
+   `noise_per: batch`: one σ for the whole call (one request), from the coverage after all of it (B4B).
+   With `relative: true` σ is in units of the answer's RMS entry ‖f‖/√D, else absolute.
+3. Per-account transformation of the (noised) answer, fixed per account and secret, so answers from
+   several accounts (sybils) do not live in one space. stealkit's: "affine" y = s·(x Q) + b with a random
+   orthogonal Q, s ∈ [0.5, 2], b ~ N(0, bias_scale²); "rotation" y = x Q; "shuffle" a signed permutation;
+   "none". B4B's released ones: "b4b-affine" y = x ⊙ a + b, a, b ~ U(−1, 1)^D per coordinate;
+   "b4b-shuffle-pad" x padded with `pad_dim` (default D) fixed N(0, 1) entries, then the D + pad_dim
+   coordinates permuted; "b4b-affine-shuffle-pad" both; "b4b-binary" n = D·binary_relative_dim random
+   hyperplanes (normal (−tan θ_1, …, −tan θ_{D−1}, 1), θ ~ U(0, 2π), through a point of [0, 1]^D on a
+   1,000-step grid), y_j = [x·w_j > w_j·p_j] ∈ {0, 1}; "b4b-sybil-map" y = x A + B, A ~ U(−1, 1)^{D×D},
+   B ~ U(−1, 1)^D (the map the end-to-end sybil experiment applies to a second account's answers).
+   Pad and binary change the width (2·D by default; in-process targets and attacks take any width, but
+   `stealkit serve` answers D columns, so serve a width-keeping one); every other transform keeps D. All
+   are derived from sha256(secret, account): nothing to store.
 
-State: per-account query counts and the set of hit buckets live in a database (`db_path`: a SQLite
-path or ":memory:" (the default), or a sqlite:/// or postgresql:// URL), in tables prefixed `b4b_` so
-they can share the service's ledger database; `stealkit serve` puts them there, so every worker and host
-sees one state per account. Each call updates an account's state in one transaction (the account's row
-locked), so concurrent calls never lose a query or a bucket. The state (and the centre) survives
-restarts, and the hashing parameters are checked on reopening.
-Shapes: features float N×D (D fixed at the first call), images ignored -> float N×D.
+Presets (`preset`; a setting given explicitly wins over its preset's):
+- "stealkit" (the default): 1 table of 12 planes, coverage as a fraction, exp curve α 1, β 0.5, λ 0.01,
+  σ relative to the answer's RMS and drawn per query, "affine" transform. It stays the default because
+  it is scale-free: its σ means the same on normalised answers (stealkit's API) as on raw features, and
+  it needs no calibration to this victim; existing ledgers and configs keep their meaning.
+- "b4b-released": B4B's released end-to-end code as exactly as a served API allows: 20 tables of 12
+  planes, coverage in percent averaged over the tables, α 0.8, β 80, λ 1e-6 (its argparse defaults; its
+  run scripts pass α 1, λ 1e-7), σ absolute on the features the defence receives, one σ per batch (a
+  call: one request) from the coverage after that batch, and the "b4b-sybil-map" transform. Where it
+  differs from the released code: the released code computes each batch's coverage offline, once, and
+  reads batch i's σ at index ⌊i/2⌋ of that curve (`np.repeat(buckets_covered, 2)`, whose name,
+  `buckets_256`, suggests coverage computed at twice the stealing batch; with the run scripts' equal batch
+  sizes, batch i gets the coverage after batch ⌊i/2⌋), seeds batch i's noise with i alone (public, the same for every account), and
+  transforms only the sybil accounts after the first; here σ comes from the coverage after the batch
+  itself, the noise seed is derived from the secret, the account and its position in the account's
+  stream, and every account has its own map. Its α, β, λ were set for ImageNet SimSiam/DINO features
+  (2048-/1536-d, not normalised); on other encoders and on normalised answers σ needs calibrating.
+
+Repeated queries: noise is drawn afresh for every call, seeded by (secret, account, the account's query
+count before the call), as B4B draws one per batch position. A repeated identical query hits no new
+bucket, so its σ is that of the coverage reached, but its noise is a new draw (averaging k repeats
+divides σ by √k); replaying an account's whole stream against a fresh state gives bitwise the same answers.
+
+State: per-account query counts and the set of hit buckets (bucket b of table t stored as t·2^num_planes + b)
+live in a database (`db_path`: a SQLite path or ":memory:" (the default), or a sqlite:/// or postgresql://
+URL), in tables prefixed `b4b_` so they can share the service's ledger database; `stealkit serve` puts them
+there, so every worker and host sees one state per account. Each call updates an account's state in one
+transaction (the account's row locked), so concurrent calls never lose a query or a bucket. The state
+(and the centre) survives restarts, and the hashing parameters are checked on reopening.
+Shapes: features float N×D (D fixed at the first call), images ignored -> float N×D (N×D' for pad/binary).
 """
 
 from __future__ import annotations
@@ -32,11 +65,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stealkit.defences.base import Defence, DefenceConfig, register_defence
 from stealkit.runtime import derived_seed
@@ -51,11 +84,17 @@ CREATE TABLE IF NOT EXISTS b4b_buckets (
 """
 UPSERT_META = "INSERT INTO b4b_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 CURVES = ("exp", "linear", "none")
-TRANSFORMS = ("affine", "rotation", "shuffle", "none")
+TRANSFORMS = ("affine", "rotation", "shuffle", "none",
+              "b4b-affine", "b4b-shuffle-pad", "b4b-affine-shuffle-pad", "b4b-binary", "b4b-sybil-map")
+STEALKIT = {"num_tables": 1, "num_planes": 12, "coverage_unit": "fraction", "curve": "exp", "alpha": 1.0, "beta": 0.5,
+            "lam": 0.01, "relative": True, "noise_per": "query", "transform": "affine"}
+B4B_RELEASED = {"num_tables": 20, "num_planes": 12, "coverage_unit": "percent", "curve": "exp", "alpha": 0.8, "beta": 80.0,
+                "lam": 1e-6, "relative": False, "noise_per": "batch", "transform": "b4b-sybil-map"}
+PRESETS = {"stealkit": STEALKIT, "b4b-released": B4B_RELEASED}
 
 
 def noise_curve(coverage: np.ndarray | float, curve: str = "exp", alpha: float = 1.0, beta: float = 0.5, lam: float = 0.01):
-    """σ as a function of the covered fraction c ∈ [0, 1] (see the module docstring). Vectorised."""
+    """σ as a function of the coverage c (in the curve's unit: a fraction, or percent for B4B). Vectorised."""
     c = np.asarray(coverage, dtype=np.float64)
     if curve == "exp":
         return np.maximum(lam * (np.power(alpha / lam, c / beta) - 1.0), 0.0)
@@ -67,22 +106,48 @@ def noise_curve(coverage: np.ndarray | float, curve: str = "exp", alpha: float =
 
 
 class CoverageConfig(DefenceConfig):
-    num_planes: int = Field(12, ge=1, le=40)  # 2^num_planes LSH buckets
+    """Defaults: the "stealkit" preset; `preset: b4b-released` fills every setting not given with B4B's."""
+
+    preset: Literal["stealkit", "b4b-released"] = "stealkit"
+    num_tables: int = Field(1, ge=1, le=64)  # LSH tables; coverage is averaged over them (B4B: 20)
+    num_planes: int = Field(12, ge=1, le=40)  # 2^num_planes buckets per table
     db_path: str = ":memory:"  # where per-account state lives (a SQLite path, ":memory:", or a database URL)
+    coverage_unit: Literal["fraction", "percent"] = "fraction"  # what the curve's c (and β) are in
     curve: Literal["exp", "linear", "none"] = "exp"
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(0.5, gt=0)
     lam: float = Field(0.01, ge=0)
-    relative: bool = True
-    transform: Literal["affine", "rotation", "shuffle", "none"] = "affine"
-    bias_scale: float = Field(1.0, ge=0)
+    relative: bool = True  # σ in units of the answer's RMS entry (else absolute)
+    noise_per: Literal["query", "batch"] = "query"  # one σ per answer, or one per call (B4B)
+    transform: Literal["affine", "rotation", "shuffle", "none", "b4b-affine", "b4b-shuffle-pad", "b4b-affine-shuffle-pad",
+                       "b4b-binary", "b4b-sybil-map"] = "affine"
+    bias_scale: float = Field(1.0, ge=0)  # "affine": b ~ N(0, bias_scale²)
+    pad_dim: int | None = Field(None, ge=1)  # "b4b-*shuffle-pad": padded coordinates (None: D, as released)
+    binary_relative_dim: float = Field(2.0, gt=0)  # "b4b-binary": output width / D (released: 2)
     secret: str = "stealkit-b4b"
     seed: int = 0
+    presets: ClassVar[dict[str, dict]] = PRESETS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if not isinstance(data, dict):
+            return data
+        return {**cls.presets.get(data.get("preset", "stealkit"), {}), **data}
+
+    @model_validator(mode="after")
+    def _curve(self):
+        if self.curve == "exp" and not (self.alpha > self.lam > 0):
+            raise ValueError(f"the exp curve needs alpha > lam > 0, got alpha={self.alpha}, lam={self.lam}")
+        return self
 
 
 @register_defence("coverage")
 class CoverageDefence(Defence):
     Config = CoverageConfig
+
+    def __init__(self, *, db_path: str = ":memory:", **settings):
+        super().__init__(db_path=str(db_path), **settings)
 
     def identity(self) -> dict:
         """The settings without where the state is stored nor the secret (which must not leave the server)."""
@@ -91,55 +156,40 @@ class CoverageDefence(Defence):
         out["secret"] = hashlib.sha256(self.config.secret.encode()).hexdigest()[:16]
         return out
 
-    def __init__(
-        self,
-        num_planes: int = 12,
-        db_path: str = ":memory:",
-        curve: str = "exp",
-        alpha: float = 1.0,
-        beta: float = 0.5,
-        lam: float = 0.01,
-        relative: bool = True,
-        transform: str = "affine",
-        bias_scale: float = 1.0,
-        secret: str = "stealkit-b4b",
-        seed: int = 0,
-    ):
-        self.config = CoverageConfig(num_planes=num_planes, db_path=str(db_path), curve=curve, alpha=alpha, beta=beta, lam=lam,
-                                     relative=relative, transform=transform, bias_scale=bias_scale, secret=secret, seed=seed)
-        if not 1 <= int(num_planes) <= 40:
-            raise ValueError(f"num_planes must be in [1, 40], got {num_planes}")
-        if curve not in CURVES:
-            raise ValueError(f"unknown noise curve {curve!r}; choose from {CURVES}")
-        if transform not in TRANSFORMS:
-            raise ValueError(f"unknown transform {transform!r}; choose from {TRANSFORMS}")
-        if curve == "exp" and not (alpha > lam > 0 and beta > 0):
-            raise ValueError(f"the exp curve needs alpha > lam > 0 and beta > 0, got alpha={alpha}, lam={lam}, beta={beta}")
-        self.num_planes, self.curve = int(num_planes), curve
-        self.alpha, self.beta, self.lam, self.relative = float(alpha), float(beta), float(lam), bool(relative)
-        self.transform_kind, self.bias_scale, self.secret, self.seed = transform, float(bias_scale), str(secret), int(seed)
-        self.db_path = str(db_path)
+    def setup(self) -> None:
+        c = self.config
+        self.preset, self.num_tables, self.num_planes, self.curve = c.preset, int(c.num_tables), int(c.num_planes), c.curve
+        self.alpha, self.beta, self.lam, self.relative = float(c.alpha), float(c.beta), float(c.lam), bool(c.relative)
+        self.coverage_scale = 100.0 if c.coverage_unit == "percent" else 1.0
+        self.noise_per, self.transform_kind, self.bias_scale = c.noise_per, c.transform, float(c.bias_scale)
+        self.secret, self.seed = str(c.secret), int(c.seed)
+        self.db_path = str(c.db_path)
         self._db = Database.open(self.db_path)
         self._db.create(SCHEMA)
         self.feature_dim: int | None = None
-        self.planes: torch.Tensor | None = None
+        self.planes: torch.Tensor | None = None  # num_tables × D × num_planes
         self.center: torch.Tensor | None = None
-        self._transforms: dict[str, tuple] = {}
+        self._transforms: dict[str, object] = {}
         self._load_meta()
 
     # ------------------------------------------------------------------ state
     def _params(self) -> dict:
-        return {"num_planes": self.num_planes, "seed": self.seed, "feature_dim": self.feature_dim}
+        p = {"num_planes": self.num_planes, "seed": self.seed, "feature_dim": self.feature_dim}
+        if self.num_tables != 1:  # stored only when not 1, so the state of earlier one-table versions reopens
+            p["num_tables"] = self.num_tables
+        return p
 
     def _load_meta(self) -> None:
         with self._db.read() as tx:
             rows = dict(tx.execute("SELECT key, value FROM b4b_meta").fetchall())
         if "params" in rows:
             stored = json.loads(rows["params"])
-            if stored["num_planes"] != self.num_planes or stored["seed"] != self.seed:
+            tables = stored.get("num_tables", 1)
+            if stored["num_planes"] != self.num_planes or stored["seed"] != self.seed or tables != self.num_tables:
                 raise ValueError(
-                    f"{self.db_path} holds coverage state for num_planes={stored['num_planes']}, seed={stored['seed']}; "
-                    f"this defence has num_planes={self.num_planes}, seed={self.seed} (use another db_path or the same settings)"
+                    f"{self.db_path} holds coverage state for num_tables={tables}, num_planes={stored['num_planes']}, "
+                    f"seed={stored['seed']}; this defence has num_tables={self.num_tables}, num_planes={self.num_planes}, "
+                    f"seed={self.seed} (use another db_path or the same settings)"
                 )
             self._set_dim(stored["feature_dim"])
         if "center" in rows:
@@ -151,7 +201,8 @@ class CoverageDefence(Defence):
         if self.planes is None:
             self.feature_dim = int(dim)
             g = torch.Generator().manual_seed(derived_seed("planes", self.seed))
-            self.planes = torch.randn(self.feature_dim, self.num_planes, generator=g)
+            # one draw for all tables: table 0 is the one table of a one-table defence (same seed, same planes)
+            self.planes = torch.randn(self.num_tables, self.feature_dim, self.num_planes, generator=g)
             with self._db.transaction() as tx:
                 tx.execute(UPSERT_META, ("params", json.dumps(self._params())))
 
@@ -170,59 +221,98 @@ class CoverageDefence(Defence):
     # ------------------------------------------------------------------ parts
     @property
     def num_buckets(self) -> int:
+        """Buckets per table."""
         return 2**self.num_planes
 
     def buckets(self, features: torch.Tensor) -> np.ndarray:
-        """LSH bucket ids (int64 N) of float N×D features."""
+        """LSH bucket ids (int64 N × num_tables, each in [0, 2^num_planes)) of float N×D features:
+        bit k of table t is [(f − c)·h_tk > 0], bucket = Σ_k bit_k·2^k."""
         self._set_dim(features.shape[1])
         f = features.detach().float().cpu()
         if self.center is not None:
             f = f - self.center
-        bits = (f @ self.planes > 0).long()
-        return (bits << torch.arange(self.num_planes)).sum(1).numpy()
+        bits = (torch.einsum("nd,tdp->ntp", f, self.planes) > 0).long()
+        return (bits << torch.arange(self.num_planes)).sum(2).numpy()
+
+    def _per_table(self, ids) -> np.ndarray:
+        """Stored bucket ids (t·2^num_planes + b) -> hit buckets per table (int64 num_tables)."""
+        tables = np.asarray(list(ids), dtype=np.int64) >> self.num_planes
+        return np.bincount(tables, minlength=self.num_tables)[: self.num_tables]
+
+    def _coverage(self, per_table: np.ndarray) -> np.ndarray:
+        """Hit buckets per table (… × num_tables) -> coverage, a fraction averaged over the tables."""
+        return per_table.mean(-1) / self.num_buckets
 
     def stats(self, account: str) -> dict:
-        """{"queries", "buckets", "coverage", "sigma"} of an account so far."""
+        """{"queries", "buckets" (hit, all tables), "coverage" (a fraction, averaged over tables), "sigma"} so far."""
         with self._db.read() as tx:
             row = tx.execute("SELECT queries FROM b4b_accounts WHERE account = ?", (account,)).fetchone()
-            hit = int(tx.execute("SELECT COUNT(*) FROM b4b_buckets WHERE account = ?", (account,)).fetchone()[0])
-        cov = hit / self.num_buckets
-        return {"queries": row[0] if row else 0, "buckets": hit, "coverage": cov, "sigma": float(self.sigma(cov))}
+            ids = [int(b) for (b,) in tx.execute("SELECT bucket FROM b4b_buckets WHERE account = ?", (account,)).fetchall()]
+        cov = float(self._coverage(self._per_table(ids)))
+        return {"queries": row[0] if row else 0, "buckets": len(ids), "coverage": cov, "sigma": float(self.sigma(cov))}
 
     def coverage(self, account: str) -> float:
         return self.stats(account)["coverage"]
 
     def sigma(self, coverage):
-        return noise_curve(coverage, self.curve, self.alpha, self.beta, self.lam)
+        """σ for a coverage given as a fraction (scaled to the curve's unit here). Vectorised."""
+        return noise_curve(np.asarray(coverage, dtype=np.float64) * self.coverage_scale, self.curve, self.alpha, self.beta, self.lam)
 
     def _account_transform(self, account: str, dim: int):
-        if account not in self._transforms:
-            g = torch.Generator().manual_seed(derived_seed("transform", self.secret, account))
-            kind = self.transform_kind
-            if kind in ("affine", "rotation"):
+        """The account's map (a function N×D -> N×D'), or None; drawn once from sha256(secret, account)."""
+        if account in self._transforms:
+            return self._transforms[account]
+        g = torch.Generator().manual_seed(derived_seed("transform", self.secret, account))
+        kind, fn = self.transform_kind, None
+        if kind in ("affine", "rotation", "shuffle"):
+            if kind == "shuffle":
+                perm = torch.randperm(dim, generator=g)
+                signs = torch.randint(0, 2, (dim,), generator=g).float() * 2 - 1
+                m, scale, bias = torch.eye(dim)[perm] * signs, 1.0, torch.zeros(dim)
+            else:
                 q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
-                q = (q * torch.sign(torch.diagonal(r))).float()
+                m = (q * torch.sign(torch.diagonal(r))).float()
                 if kind == "affine":
                     scale = math.exp(float(torch.empty(()).uniform_(math.log(0.5), math.log(2.0), generator=g)))
                     bias = torch.randn(dim, generator=g) * self.bias_scale
                 else:
                     scale, bias = 1.0, torch.zeros(dim)
-                self._transforms[account] = (q, scale, bias)
-            elif kind == "shuffle":
-                perm = torch.randperm(dim, generator=g)
-                signs = torch.randint(0, 2, (dim,), generator=g).float() * 2 - 1
-                self._transforms[account] = (torch.eye(dim)[perm] * signs, 1.0, torch.zeros(dim))
-            else:
-                self._transforms[account] = None
-        return self._transforms[account]
+            fn = lambda x: scale * (x @ m.to(x.device)) + bias.to(x.device)  # noqa: E731
+        elif kind == "b4b-sybil-map":
+            a = torch.rand(dim, dim, generator=g) * 2 - 1
+            b = torch.rand(dim, generator=g) * 2 - 1
+            fn = lambda x: x @ a.to(x.device) + b.to(x.device)  # noqa: E731
+        elif kind.startswith("b4b-") and kind != "b4b-binary":
+            steps = []
+            if "affine" in kind:
+                a = torch.rand(dim, generator=g) * 2 - 1
+                b = torch.rand(dim, generator=g) * 2 - 1
+                steps.append(lambda x: x * a.to(x.device) + b.to(x.device))
+            if "shuffle-pad" in kind:
+                pad = int(self.config.pad_dim or dim)
+                perm = torch.randperm(dim + pad, generator=g)
+                extra = torch.randn(pad, generator=g)
+                steps.append(lambda x: torch.cat([x, extra.to(x.device).expand(len(x), pad)], 1)[:, perm.to(x.device)])
+
+            def fn(x):
+                for step in steps:
+                    x = step(x)
+                return x
+        elif kind == "b4b-binary":
+            n = int(dim * self.config.binary_relative_dim)
+            theta = 2 * math.pi * torch.rand(dim - 1, n, generator=g, dtype=torch.float64)
+            slopes = torch.cat([-torch.tan(theta), torch.ones(1, n, dtype=torch.float64)])  # D × n hyperplane normals
+            points = torch.randint(0, 1000, (n, dim), generator=g).double() / 999  # a point of np.linspace(0, 1, 1000)^D per plane
+            intercepts = (slopes * points.T).sum(0).float()
+            slopes = slopes.float()
+            fn = lambda x: (x @ slopes.to(x.device) > intercepts.to(x.device)).float()  # noqa: E731
+        self._transforms[account] = fn
+        return fn
 
     def transform(self, features: torch.Tensor, account: str) -> torch.Tensor:
-        """The account's fixed map N×D -> N×D (no noise)."""
-        t = self._account_transform(account, features.shape[1])
-        if t is None:
-            return features.float()
-        m, scale, bias = t
-        return scale * (features.float() @ m.to(features.device)) + bias.to(features.device)
+        """The account's fixed map N×D -> N×D (N×D' for the pad and binary transforms), no noise."""
+        fn = self._account_transform(account, features.shape[1])
+        return features.float() if fn is None else fn(features.float())
 
     # ------------------------------------------------------------------ defence
     def __call__(self, features: torch.Tensor, *, images: torch.Tensor | None = None, account: str = "anonymous") -> torch.Tensor:
@@ -231,21 +321,27 @@ class CoverageDefence(Defence):
         n = len(features)
         if n == 0:
             return features.float()
-        ids = self.buckets(features)
+        ids = self.buckets(features) + (np.arange(self.num_tables, dtype=np.int64) << self.num_planes)  # N × tables, global ids
         with self._db.transaction() as tx:
             # the account's row first: on PostgreSQL the UPDATE locks it, so concurrent calls for one account queue here
             tx.execute("INSERT INTO b4b_accounts (account, queries) VALUES (?, 0) ON CONFLICT (account) DO NOTHING", (account,))
             before = int(tx.execute("UPDATE b4b_accounts SET queries = queries + ? WHERE account = ? RETURNING queries", (n, account)).fetchall()[0][0]) - n
             hit = {int(b) for (b,) in tx.execute("SELECT bucket FROM b4b_buckets WHERE account = ?", (account,)).fetchall()}
-            counts = np.empty(n, dtype=np.int64)
+            per_table = self._per_table(hit)
+            counts = np.empty((n, self.num_tables), dtype=np.int64)
             new = []
-            for i, b in enumerate(ids.tolist()):
-                if b not in hit:
-                    hit.add(b)
-                    new.append((account, b))
-                counts[i] = len(hit)
+            for i, row in enumerate(ids.tolist()):
+                for t, b in enumerate(row):
+                    if b not in hit:
+                        hit.add(b)
+                        new.append((account, b))
+                        per_table[t] += 1
+                counts[i] = per_table
             tx.executemany("INSERT INTO b4b_buckets (account, bucket) VALUES (?, ?) ON CONFLICT DO NOTHING", new)
-        sig = torch.from_numpy(self.sigma(counts / self.num_buckets)).float()[:, None]
+        cov = self._coverage(counts)  # after each query
+        if self.noise_per == "batch":
+            cov = np.full(n, cov[-1])  # one σ for the call, from the coverage after all of it
+        sig = torch.from_numpy(self.sigma(cov)).float()[:, None]
         f = features.detach().float().cpu()
         if self.relative:
             sig = sig * f.norm(dim=1, keepdim=True) / math.sqrt(f.shape[1])
@@ -258,6 +354,7 @@ class CoverageDefence(Defence):
 
     def __repr__(self) -> str:
         return (
-            f"CoverageDefence(num_planes={self.num_planes}, curve={self.curve!r}, alpha={self.alpha}, beta={self.beta}, "
-            f"lam={self.lam}, transform={self.transform_kind!r}, db_path={self.db_path!r})"
+            f"CoverageDefence(preset={self.preset!r}, num_tables={self.num_tables}, num_planes={self.num_planes}, "
+            f"curve={self.curve!r}, alpha={self.alpha}, beta={self.beta}, lam={self.lam}, noise_per={self.noise_per!r}, "
+            f"transform={self.transform_kind!r}, db_path={self.db_path!r})"
         )
