@@ -178,8 +178,13 @@ def write_plot(results: dict, run_dir: Path) -> Path | None:
             break  # one victim's TA line per panel keeps it readable; the table has every TA
         ax_ratio.axhline(100, linestyle="--", color="grey", linewidth=1)
         for ax, ylabel in ((ax_sa, f"SA on {ds} (%)"), (ax_ratio, f"SA/TA on {ds} (%)")):
-            ax.set_xscale("symlog", linthresh=lin)
-            ax.set_xlabel("#queries (symlog)")
+            if len(nonzero) == len(rows):  # every attack asked: a plain log axis (symlog's margins reach below 0)
+                ax.set_xscale("log")
+                ax.set_xlabel("#queries (log)")
+            else:
+                ax.set_xscale("symlog", linthresh=lin)
+                ax.set_xlim(left=0)
+                ax.set_xlabel("#queries (symlog)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
         ax_sa.legend(fontsize=7)
