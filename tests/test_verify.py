@@ -351,6 +351,8 @@ def test_verify_command_user_errors_are_one_line(tmp_path, monkeypatch):
             "put its key in $STEALKIT_API_KEY",
         ("--victim", str(tmp_path / "enc"), "--suspect", str(tmp_path / "enc"), "--private", "nosuchset:train", "--public", "digits:test"):
             "stealkit verify:",
+        ("--victim", str(tmp_path / "enc"), "--suspect", str(tmp_path / "enc"), "--private", "digits:train", "--public", "digits:test",
+         "--test", "gmm"): "choose dataset-inference or alignment",
     }
     for args, message in cases.items():
         r = CliRunner().invoke(app, ["verify", *args])

@@ -59,8 +59,12 @@ def verify_cmd(
     alpha: float = typer.Option(0.01, help="the chance of a false accusation the verdict allows (split over the tests)"),
     price_per_1000: Optional[float] = typer.Option(None, help="the suspect API's price per 1,000 images, to report the cost"),
     max_queries: Optional[int] = typer.Option(None, min=1, help="refuse to start when an API suspect would be sent more images"),
+    only: Optional[list[str]] = typer.Option(None, "--test", help="run only these: dataset-inference, alignment (repeatable; "
+                                             "the watermark runs whenever the victim carries one)"),
     api_key_env: str = typer.Option("STEALKIT_API_KEY", help="env var holding the suspect API's key (URL suspects)"),
     size: int = typer.Option(32, help="image side the private/public sets are loaded at (the encoders resize)"),
+    fast: bool = typer.Option(False, "--fast", help="embed a checkpoint suspect with bf16 autocast where the CPU/GPU has it "
+                              "(faster on CPUs with bf16 units; fp32 elsewhere; the report records it)"),
     data_root: Optional[str] = typer.Option(None, help="data root (else STEALKIT_DATA, else ./data)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
@@ -85,6 +89,11 @@ def verify_cmd(
         fail(f"stealkit verify needs {', '.join(missing)} (or a subcommand: dataset-inference, watermark, embed-watermark)")
     if not 0 < alpha < 1:
         fail(f"--alpha {alpha}: give a probability between 0 and 1, e.g. 0.01")
+    names = {"dataset-inference": "dataset_inference", "alignment": "alignment"}
+    bad = [t for t in (only or []) if t not in names]
+    if bad:
+        fail(f"--test {bad[0]!r}: choose dataset-inference or alignment")
+    tests = tuple(names[t] for t in only) if only else ("dataset_inference", "alignment")
     remote = suspect.startswith(("http://", "https://"))
     for label, path in (("victim", str(victim)), ("suspect", None if remote else suspect)):
         if path is not None and not weights_path(path).exists():
@@ -94,7 +103,8 @@ def verify_cmd(
         priv = _images(private, private_limit, seed, data_root, size)
         pub = _images(public, public_limit, seed + 1, data_root, size)
         wm = dict(watermark_head=load_watermark_head(head), watermark_images=pub[:watermark_limit]) if head.exists() else {}
-        planned = planned_queries(len(priv), len(pub), align_views, len(wm.get("watermark_images", [])))
+        planned = planned_queries(len(priv), len(pub), align_views if "alignment" in tests else 0,
+                                  len(wm.get("watermark_images", [])), "dataset_inference" in tests)
         if remote:
             key = os.environ.get(api_key_env)
             if not key:
@@ -109,7 +119,7 @@ def verify_cmd(
         else:
             sus = load_encoder(Path(suspect), device=pick_device(device))
         report = verify_suspect(None, sus, priv, pub, views=align_views, components=components, alpha=alpha, seed=seed,
-                                price_per_1000=price_per_1000, **wm)
+                                price_per_1000=price_per_1000, tests=tests, fast=fast, **wm)
     except UnknownDataset as exc:
         fail(f"stealkit verify: {exc.args[0]}")
     except (FileNotFoundError, ValueError, RemoteError, BudgetExceeded) as exc:

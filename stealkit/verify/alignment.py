@@ -47,13 +47,13 @@ def pairwise_alignment(reps: torch.Tensor) -> np.ndarray:
     return ((s * s).sum(-1) - (z * z).sum(-1).sum(0)).div(v * (v - 1)).numpy()
 
 
-def view_alignment(model, view_images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def view_alignment(model, view_images: torch.Tensor, batch_size: int = 512, fast: bool = False) -> np.ndarray:
     """Mean pairwise cosine of `model`'s representations of V×N×3×H×W views -> N scores (float64)."""
     from stealkit.verify.dataset_inference import representations
 
     v, n = view_images.shape[:2]
     flat = view_images.reshape(v * n, *view_images.shape[2:])
-    reps = torch.from_numpy(representations(model, flat, batch_size, normalize=True)).reshape(v, n, -1)
+    reps = torch.from_numpy(representations(model, flat, batch_size, normalize=True, fast=fast)).reshape(v, n, -1)
     return pairwise_alignment(reps)
 
 
@@ -84,14 +84,15 @@ class AlignmentTestResult:
 
 
 def alignment_test(suspect, private_images: torch.Tensor, public_images: torch.Tensor, *, views: int = 4,
-                   augment: str = SIMCLR_VIEWS, alpha: float = 0.01, seed: int = 0, batch_size: int = 512) -> AlignmentTestResult:
+                   augment: str = SIMCLR_VIEWS, alpha: float = 0.01, seed: int = 0, batch_size: int = 512,
+                   fast: bool = False) -> AlignmentTestResult:
     """Does `suspect` align the views of the victim's private images (uint8 N×3×H×W) better than those of
     public images of the same distribution (M×3×H×W)? One-sided Student t-test over per-image scores.
     Embeds views·(N+M) images (billed queries when the suspect is a Target)."""
     if len(private_images) < 2 or len(public_images) < 2:
         raise ValueError(f"need at least 2 private and 2 public images; got {len(private_images)}/{len(public_images)}")
-    a = view_alignment(suspect, augmented_views(private_images, views, augment, seed), batch_size)
-    b = view_alignment(suspect, augmented_views(public_images, views, augment, seed + 1), batch_size)
+    a = view_alignment(suspect, augmented_views(private_images, views, augment, seed), batch_size, fast)
+    b = view_alignment(suspect, augmented_views(public_images, views, augment, seed + 1), batch_size, fast)
     return alignment_scores_test(a, b, alpha=alpha, views=views, augment=augment)
 
 

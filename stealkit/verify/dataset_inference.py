@@ -131,11 +131,13 @@ def dataset_inference(
     seed: int = 0,
     batch_size: int = 512,
     gmm_cache: dict | None = None,
+    fast: bool = False,
 ) -> DatasetInferenceResult:
     """Is `suspect` the victim or stolen from it? private_images: the victim's training images (uint8
     N×3×H×W); public_images: held-out images of the same distribution (M×3×H×W) -> DatasetInferenceResult.
     gmm_cache: a dict kept by the caller to reuse the victim's fitted mixture across suspects (fit_on="victim";
-    reused only for the very same victim and private-image objects and the same mixture settings)."""
+    reused only for the very same victim and private-image objects and the same mixture settings).
+    fast: embed local encoders with bf16 autocast where the hardware has it (representations())."""
     if not 0 < fit_fraction < 1:
         raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
     if fit_on not in ("victim", "suspect"):
@@ -162,11 +164,11 @@ def dataset_inference(
     if hit is not None and hit[0] is victim and hit[1] is private_images:
         gmm = hit[2]
     else:
-        gmm = fit_gmm(representations(fitter, fit_imgs, batch_size, normalize), n_components, covariance_type, seed)
+        gmm = fit_gmm(representations(fitter, fit_imgs, batch_size, normalize, fast), n_components, covariance_type, seed)
         if fit_on == "victim" and gmm_cache is not None:
             gmm_cache[key] = (victim, private_images, gmm)
-    return dataset_inference_reps(None, representations(suspect, train_imgs, batch_size, normalize),
-                                  representations(suspect, public_images, batch_size, normalize), gmm=gmm,
+    return dataset_inference_reps(None, representations(suspect, train_imgs, batch_size, normalize, fast),
+                                  representations(suspect, public_images, batch_size, normalize, fast), gmm=gmm,
                                   covariance_type=covariance_type, fit_on=fit_on, views=views, test=test, alpha=alpha,
                                   n_fit=n_fit)
 

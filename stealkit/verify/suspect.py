@@ -19,12 +19,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class SuspectReport:
     tests: dict[str, dict] = field(default_factory=dict)  # name -> result dict (+ "queries", "seconds")
     alpha: float = 0.01
     price_per_1000: float | None = None
+    bf16: bool = False  # a local suspect was embedded with bf16 autocast
 
     @property
     def threshold(self) -> float:
@@ -50,7 +53,7 @@ class SuspectReport:
 
     def to_dict(self) -> dict:
         return {"tests": self.tests, "alpha": self.alpha, "threshold": self.threshold, "stolen": self.stolen,
-                "verdict": self.verdict, "queries": self.queries, "price_per_1000": self.price_per_1000, "cost": self.cost}
+                "verdict": self.verdict, "queries": self.queries, "price_per_1000": self.price_per_1000, "cost": self.cost, "bf16": self.bf16}
 
 
 def _counted(suspect, run):
@@ -64,10 +67,12 @@ def _counted(suspect, run):
 
 def verify_suspect(victim, suspect, private_images, public_images, *, watermark_head=None, watermark_images=None,
                    alpha: float = 0.01, views: int = 4, components: int = 20, seed: int = 0,
-                   price_per_1000: float | None = None, tests: tuple[str, ...] = ("dataset_inference", "alignment")) -> SuspectReport:
+                   price_per_1000: float | None = None, tests: tuple[str, ...] = ("dataset_inference", "alignment"),
+                   fast: bool = False) -> SuspectReport:
     """Every applicable test on one suspect -> SuspectReport. private_images: victim's training images;
     public_images: same distribution, never trained on; watermark_head/images: the victim's rotation head and
-    the images to rotate (the watermark test runs only when both are given)."""
+    the images to rotate (the watermark test runs only when both are given). fast: a local suspect embeds with bf16
+    autocast where the hardware has it (an API suspect answers as it does)."""
     from stealkit.verify.alignment import alignment_test
     from stealkit.verify.dataset_inference import dataset_inference
     from stealkit.verify.watermark import watermark_accuracy
@@ -76,15 +81,19 @@ def verify_suspect(victim, suspect, private_images, public_images, *, watermark_
     if unknown:
         raise ValueError(f"unknown tests {sorted(unknown)}; choose from dataset_inference, alignment")
     watermark = watermark_head is not None and watermark_images is not None
-    report = SuspectReport(alpha=alpha, price_per_1000=price_per_1000)
+    from stealkit.runtime import bf16_enabled
+
+    local = isinstance(suspect, torch.nn.Module)
+    bf16 = bool(fast and local and bf16_enabled(next(suspect.parameters()).device))
+    report = SuspectReport(alpha=alpha, price_per_1000=price_per_1000, bf16=bf16)
     each = alpha / (len(set(tests)) + int(watermark))  # every test's own verdict at the Bonferroni threshold
     if "dataset_inference" in tests:
         r, q, s = _counted(suspect, lambda: dataset_inference(victim, suspect, private_images, public_images,
-                                                              n_components=components, alpha=each, seed=seed))
+                                                              n_components=components, alpha=each, seed=seed, fast=fast))
         report.tests["dataset inference (GMM)"] = {**r.to_dict(), "queries": q, "seconds": round(s, 1)}
     if "alignment" in tests:
         r, q, s = _counted(suspect, lambda: alignment_test(suspect, private_images, public_images, views=views,
-                                                           alpha=each, seed=seed))
+                                                           alpha=each, seed=seed, fast=fast))
         report.tests["view alignment"] = {**r.to_dict(), "queries": q, "seconds": round(s, 1)}
     if watermark:
         r, q, s = _counted(suspect, lambda: watermark_accuracy(suspect, watermark_head, watermark_images, alpha=each, seed=seed))
@@ -92,7 +101,7 @@ def verify_suspect(victim, suspect, private_images, public_images, *, watermark_
     return report
 
 
-def planned_queries(n_private: int, n_public: int, views: int, watermark_images: int = 0) -> int:
-    """Images `verify_suspect` sends a suspect with both default tests: dataset inference embeds every private
-    and public image once, view alignment `views` views of each; the binary watermark two rotations of each image."""
-    return (n_private + n_public) * (1 + views) + 2 * watermark_images
+def planned_queries(n_private: int, n_public: int, views: int, watermark_images: int = 0, dataset_inference: bool = True) -> int:
+    """Images `verify_suspect` sends a suspect: dataset inference embeds every private and public image once, view
+    alignment `views` views of each (0: not run); the binary watermark two rotations of each of its images."""
+    return (n_private + n_public) * (int(dataset_inference) + views) + 2 * watermark_images
