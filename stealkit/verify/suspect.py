@@ -5,7 +5,8 @@ Tests (each a one-sided test whose H1 is "the suspect is the victim or derived f
 - dataset inference, the released GMM protocol (Dziedzic et al., NeurIPS 2022, arXiv:2209.09024;
   verify/dataset_inference.py);
 - view alignment on the same private/public images (EncoderMI's score, Liu et al., CCS 2021,
-  arXiv:2108.11023; verify/alignment.py), the test that does separate the shared real victim;
+  arXiv:2108.11023; verify/alignment.py), which finds the shared real victim's own gap where the GMM
+  test does not (weakly: thousands of images; neither test flags copies stolen from it, README);
 - the rotation watermark, when the victim carries one (a .wmhead.safetensors beside its checkpoint;
   Dziedzic et al., ICML 2022, arXiv:2205.07890; verify/watermark.py).
 The verdict is "stolen" when any test's p-value is below alpha / (number of tests run) (Bonferroni: the
