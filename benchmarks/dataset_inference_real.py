@@ -84,6 +84,27 @@ def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, ca
     return reps
 
 
+def p_curve(sizes: list[int], n_all: int, args, tag: tuple, test) -> list[dict]:
+    """p-value against sample size: at each n, `test(private_idx, public_idx) -> (p, delta or None)` on --draws random
+    subsets of n of the n_all private and n_all public scores (the whole set, once, at n = n_all); subsets drawn
+    from numpy's generator seeded [seed, n, draw, *tag] -> one dict per n (median p, every p, flagged fraction)."""
+    curve = []
+    for n in sizes:
+        ps, deltas = [], []
+        for d in range(1 if n == n_all else args.draws):
+            g = np.random.default_rng([args.seed, n, d, *tag])
+            it = np.arange(n) if n == n_all else g.choice(n_all, n, replace=False)
+            ip = np.arange(n) if n == n_all else g.choice(n_all, n, replace=False)
+            p, delta = test(it, ip)
+            ps.append(p)
+            deltas.append(delta)
+        entry = {"n": n, "p_median": float(np.median(ps)), "p_values": ps}
+        if deltas[0] is not None:
+            entry["delta_ll"] = deltas
+        curve.append({**entry, "flagged_fraction": float(np.mean(np.array(ps) < args.alpha))})
+    return curve
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suspect", action="append", default=[], help="LABEL=CHECKPOINT or LABEL=random:ARCH:SEED")
@@ -159,33 +180,18 @@ def main() -> None:
                 scores[part] = pairwise_alignment(torch.from_numpy(r).reshape(args.align_views, na, -1))
             align = {"views": args.align_views, "augment": SIMCLR_VIEWS, "mean_private": float(scores["private"].mean()),
                      "mean_public": float(scores["public"].mean()), "curve": []}
-            for n in sorted(x for x in set(args.sizes) | {na} if x <= na):
-                ps = []
-                for d in range(1 if n == na else args.draws):
-                    g = np.random.default_rng([args.seed, n, d, 1])
-                    it = np.arange(n) if n == na else g.choice(na, n, replace=False)
-                    ip = np.arange(n) if n == na else g.choice(na, n, replace=False)
-                    ps.append(alignment_scores_test(scores["private"][it], scores["public"][ip]).p_value)
-                align["curve"].append({"n": n, "p_median": float(np.median(ps)), "p_values": ps,
-                                       "flagged_fraction": float(np.mean(np.array(ps) < args.alpha))})
+            align["curve"] = p_curve(sorted(x for x in set(args.sizes) | {na} if x <= na), na, args, (1,),
+                                     lambda it, ip: (alignment_scores_test(scores["private"][it], scores["public"][ip]).p_value, None))
             r_a = alignment_scores_test(scores["private"], scores["public"], alpha=args.alpha, views=args.align_views)
             align.update(n=na, t_statistic=r_a.t_statistic, p_value=r_a.p_value, stolen=r_a.stolen)
         t_embed = time.perf_counter() - t0
         gmm = fit_gmm(reps["fit"].astype(np.float64), args.components, args.covariance, args.seed)
-        curve = []
-        for n in sorted(args.sizes):
-            draws = 1 if n == n_max else args.draws
-            ps, deltas = [], []
-            for d in range(draws):
-                g = np.random.default_rng([args.seed, n, d])
-                it = np.arange(n) if n == n_max else g.choice(n_max, n, replace=False)
-                ip = np.arange(n) if n == n_max else g.choice(n_max, n, replace=False)
-                r = dataset_inference_reps(None, reps["train"][it].astype(np.float64), reps["public"][ip].astype(np.float64),
-                                           gmm=gmm, n_fit=args.fit, views=args.views, covariance_type=args.covariance, alpha=args.alpha)
-                ps.append(r.p_value)
-                deltas.append(r.mean_ll_train - r.mean_ll_test)
-            curve.append({"n": n, "p_median": float(np.median(ps)), "p_values": ps, "delta_ll": deltas,
-                          "flagged_fraction": float(np.mean(np.array(ps) < args.alpha))})
+        def gmm_test(it, ip):
+            r = dataset_inference_reps(None, reps["train"][it].astype(np.float64), reps["public"][ip].astype(np.float64),
+                                       gmm=gmm, n_fit=args.fit, views=args.views, covariance_type=args.covariance, alpha=args.alpha)
+            return r.p_value, r.mean_ll_train - r.mean_ll_test
+
+        curve = p_curve(sorted(args.sizes), n_max, args, (), gmm_test)
         full = dataset_inference_reps(None, reps["train"].astype(np.float64), reps["public"].astype(np.float64), gmm=gmm,
                                       n_fit=args.fit, views=args.views, covariance_type=args.covariance, alpha=args.alpha)
         variants = []
