@@ -116,6 +116,11 @@ def random_resized_crop(x, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def to_uint8(images01: torch.Tensor) -> torch.Tensor:
+    """float images in [0, 1] -> uint8 (rounded, clamped): what an API is sent, and what a view is stored as."""
+    return images01.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def random_pad_crop(x, padding: int = 4):
     """torchvision RandomCrop(size, padding) at the images' own size, per image: zero-pad `padding` pixels on
     every side, then cut an H×W window at an offset drawn uniformly from {0, …, 2·padding} on each axis,
@@ -147,7 +152,7 @@ def rand_augment(x, num_ops: int = 2, magnitude: int = 14):
     about 4× faster on CPU. Where this torchvision lacks the internals used for that, the images go through
     the transform one by one. float N×3×H×W in [0,1] (or uint8) -> float N×3×H×W in [0,1] on x's device."""
     ra = _RAND_AUGMENT.setdefault((num_ops, magnitude), v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
-    u8 = x if x.dtype == torch.uint8 else x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    u8 = x if x.dtype == torch.uint8 else to_uint8(x)
     if not len(u8):
         return u8.float()
     space = getattr(ra, "_AUGMENTATION_SPACE", None)

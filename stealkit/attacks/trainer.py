@@ -23,16 +23,13 @@ from tqdm.auto import tqdm
 
 from stealkit.attacks.steal_config import StealConfig, TrainConfig
 from stealkit.augment import Augmenter
+from stealkit.augment_ops import to_uint8
 from stealkit.graph_step import TrainStep
 from stealkit.losses.base import StealLoss
 from stealkit.losses.stolen_encoder import StolenEncoderLoss
 from stealkit.models.encoder import Encoder, build_encoder
 from stealkit.runtime import autocast, pick_device, seed_everything
 from stealkit.training import TrainState, epoch_generator, make_optimizer, prepare_model, seed_epoch
-
-
-def to_uint8(images01: torch.Tensor) -> torch.Tensor:
-    return images01.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 # stolen x, stolen A(x), stolen A'(x) (a second, independent draw), target x, target A(x) (in that order)

@@ -26,17 +26,14 @@ def augmented_views(images: torch.Tensor, views: int, augment: str = SIMCLR_VIEW
     """`views` independent draws of the augmentation of every image, from `seed` -> uint8 V×N×3×H×W
     (the same draws for every suspect, so suspects are scored on identical inputs)."""
     from stealkit.augment import Augmenter
+    from stealkit.augment_ops import to_uint8
 
     if views < 2:
         raise ValueError(f"view alignment needs at least 2 views per image, got {views}")
     aug = Augmenter(augment, images.shape[-1])
-    state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's global generator is left as it was
         torch.manual_seed(seed)
-        out = torch.stack([aug.apply_all(images).mul_(255.0).round_().to(torch.uint8) for _ in range(views)])
-    finally:
-        torch.random.set_rng_state(state)
-    return out
+        return torch.stack([to_uint8(aug.apply_all(images)) for _ in range(views)])
 
 
 def pairwise_alignment(reps: torch.Tensor) -> np.ndarray:

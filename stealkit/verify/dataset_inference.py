@@ -102,16 +102,13 @@ def t_greater(a: np.ndarray, b: np.ndarray, equal_var: bool = True) -> tuple[flo
 def crop_views(images: torch.Tensor, seed: int) -> torch.Tensor:
     """One RandomResizedCrop view (scale 0.08–1, ratio 3/4–4/3, back to the same size) of every uint8 image,
     drawn from `seed` (the released script's `transforms.RandomResizedCrop`)."""
-    from stealkit.augment_ops import random_resized_crop
+    from stealkit.augment_ops import random_resized_crop, to_uint8
 
-    gen_state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's global generator is left as it was
         torch.manual_seed(seed)
         views = torch.cat([random_resized_crop(images[i : i + 4096].float() / 255.0, images.shape[-1], scale=(0.08, 1.0))
                            for i in range(0, len(images), 4096)])
-    finally:
-        torch.random.set_rng_state(gen_state)
-    return views.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return to_uint8(views)
 
 
 def dataset_inference(
