@@ -38,21 +38,7 @@ from stealkit.data import load_dataset
 from stealkit.runtime import environment
 from stealkit.verify.alignment import SIMCLR_VIEWS, alignment_scores_test, augmented_views, pairwise_alignment
 from stealkit.verify.dataset_inference import crop_views, dataset_inference_reps, fit_gmm, representations
-
-
-def load_suspect(spec: str):
-    """'random:ARCH:SEED' -> a randomly initialised encoder; else a stealkit checkpoint path."""
-    if spec.startswith("random:"):
-        from stealkit.models.encoder import build_encoder
-
-        _, arch, seed = spec.split(":")
-        torch.manual_seed(int(seed))
-        return build_encoder(arch, input_size=32).eval(), {"made": f"randomly initialised {arch} (seed {seed})", "queries": 0}
-    from stealkit.models.checkpoint import load_encoder, read_sidecar
-
-    side = read_sidecar(spec)
-    about = {"made": side.get("made") or side.get("attack") or side.get("method") or "", "queries": side.get("queries")}
-    return load_encoder(spec).eval(), about
+from suspects import load_suspect, run_suspects  # benchmarks/suspects.py (the script's own folder is on sys.path)
 
 
 def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, cache: Path | None, fast: bool = False) -> np.ndarray:
@@ -150,13 +136,10 @@ def main() -> None:
         fit_imgs, train_imgs, pub_imgs = crop_views(fit_imgs, args.seed), crop_views(train_imgs, args.seed + 1), crop_views(pub_imgs, args.seed + 2)
     suspects = [item.split("=", 1) for item in args.suspect]
     for run in args.run:
-        for row in json.loads((Path(run) / "results.json").read_text())["rows"]:
-            label = f"{row['label']}, {row['queries']:,} queries"
-            suspects.append((label, str(Path(run) / "rows" / row["key"] / "stolen")))
-            kinds.setdefault(label, "stolen")
-            cost = f", ${row['cost']:.2f}" if row.get("cost") is not None else ""
-            about.setdefault(label, f"{row['label']} ({row['settings']}) through the served API, {row['surrogate']}, "
-                                    f"{row['queries']:,} queries billed{cost}")
+        for label, ckpt, kind, made in run_suspects(run):
+            suspects.append((label, ckpt))
+            kinds.setdefault(label, kind)
+            about.setdefault(label, made)
     if not suspects:
         raise SystemExit("give at least one --suspect LABEL=CHECKPOINT or --run DIR")
     tag = f"{args.private}|{args.public}|{args.fit}|{n_max}|{args.views}|{args.seed}|fast={args.fast}"

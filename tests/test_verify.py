@@ -360,3 +360,53 @@ def test_verify_command_user_errors_are_one_line(tmp_path, monkeypatch):
         assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
     r = CliRunner().invoke(app, ["verify"])
     assert "dataset-inference" in r.output and "--suspect" in r.output  # bare: the help with the subcommands
+
+
+def test_normalized_head_is_blind_to_the_suspects_feature_scale(tmp_path):
+    """A copy stolen from unit-norm answers has its own feature scale; the default head reads directions only,
+    the released (raw) head does not. The flag survives save/load; a head written before it reads raw features."""
+    from safetensors.torch import save_file
+
+    from stealkit.verify.watermark import HEAD_FORMAT, WatermarkConfig, rotation_head, save_watermark_head
+
+    assert WatermarkConfig().normalize
+    torch.manual_seed(0)
+    feats = torch.randn(64, 32)
+    head = rotation_head(32, normalize=True)
+    with torch.no_grad():
+        assert torch.allclose(head(feats), head(7.3 * feats), atol=1e-5)
+        plain = nn.Sequential(*list(head))  # the same layers, no normalisation: fed unit vectors by hand
+        assert torch.allclose(head(feats), plain(feats / feats.norm(dim=1, keepdim=True)), atol=1e-6)
+    raw = rotation_head(32)
+    raw.load_state_dict(head.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(raw(feats), raw(7.3 * feats), atol=1e-3)
+    assert load_watermark_head(save_watermark_head(head, tmp_path / "n.wmhead.safetensors")).normalize
+    old = tmp_path / "old.wmhead.safetensors"  # format /2 without the flag
+    meta = {"format": HEAD_FORMAT, "feature_dim": 32, "hidden": [256, 128], "classes": 2, "task": "binary"}
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(old), metadata={"stealkit": json.dumps(meta)})
+    assert not load_watermark_head(old).normalize
+
+
+def test_fine_tuning_with_preserve_keeps_the_given_encoders_features():
+    """preserve > 0 anchors the fine-tuned encoder to the encoder as given: its features stay closer to the
+    original than without the term (same seed, same steps); from scratch there is nothing to preserve."""
+    import copy
+
+    torch.set_num_threads(1)
+    train = load_digits_set("train", size=SIZE).images[:128]
+    check = load_digits_set("test", size=SIZE).images[:64]
+    torch.manual_seed(3)
+    base = build_encoder("cnn_tiny", input_size=SIZE).eval()
+    cfg = {"arch": "cnn_tiny", "epochs": 4, "batch_size": 64, "lr": 3e-3, "augment": "crop+flip", "amp": False,
+           "device": "cpu", "contrastive": False, "weight": 1.0}
+
+    def drift(preserve: float) -> float:
+        enc, _, _ = embed_watermark(train, {**cfg, "preserve": preserve}, copy.deepcopy(base), progress=False)
+        with torch.no_grad():
+            return (1 - torch.nn.functional.cosine_similarity(enc(check), base(check), dim=1)).mean().item()
+
+    free, anchored = drift(0.0), drift(50.0)
+    assert anchored < 0.5 * free, (anchored, free)
+    with pytest.raises(ValueError, match="preserve"):
+        embed_watermark(train, {**cfg, "preserve": 1.0}, None, progress=False)

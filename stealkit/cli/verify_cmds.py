@@ -234,6 +234,11 @@ def embed_watermark_cmd(
     epochs: int = typer.Option(100),
     batch_size: int = typer.Option(256),
     lr: float = typer.Option(1e-3),
+    head_lr: Optional[float] = typer.Option(None, help="the rotation head's learning rate (default: --lr)"),
+    contrastive: bool = typer.Option(True, help="keep the SimCLR loss (the released joint training); --no-contrastive with --preserve to fine-tune"),
+    preserve: float = typer.Option(0.0, min=0.0, help="weight of 1 - cos(f(A(x)), f_0(A(x))) against the encoder as given (fine-tuning a victim)"),
+    normalize_head: bool = typer.Option(True, "--normalized-head/--raw-head",
+                                        help="the head reads L2-normalised features (default) or raw ones (the released head)"),
     task: str = typer.Option("binary", help="binary: angles in (0°,180°) vs (180°,360°) (the released code); quarter: exact turns"),
     rotations: int = typer.Option(4, help="task quarter only: 4 (0/90/180/270°) or 2 (0/180°)"),
     weight: float = typer.Option(1.0, help="weight of the rotation loss"),
@@ -252,11 +257,14 @@ def embed_watermark_cmd(
     from stealkit.cli.common import fail
 
     try:
-        cfg = WatermarkConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, task=task, rotations=rotations, weight=weight,
+        cfg = WatermarkConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, contrastive=contrastive,
+                              preserve=preserve, normalize=normalize_head, task=task, rotations=rotations, weight=weight,
                               seed=seed, device=device)
     except ValidationError as exc:
         fail(f"bad watermark settings: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+    if preserve > 0 and victim is None:
+        fail("--preserve keeps the features of the encoder being fine-tuned; give it with --victim")
     enc = load_encoder(victim) if victim is not None else None
     enc, head, log = embed_watermark(_images(data, limit, seed, data_root, size), cfg, enc)
-    weights, hp = save_watermarked(enc, head, out, watermark_config=cfg.model_dump(), dataset=data, log=log[-1:])
+    weights, hp = save_watermarked(enc, head, out, watermark_config=cfg.model_dump(), dataset=data, log=log)
     typer.echo(f"wrote {weights} and {hp} (final rotation accuracy {log[-1]['rot_acc']:.3f})")

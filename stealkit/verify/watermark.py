@@ -12,6 +12,14 @@ in the batch, nearest-neighbour rotation with zero fill as torchvision's RandomR
 released `WatermarkMLP`: Linear(D, 256)-ReLU-Linear(256, 128)-ReLU-Linear(128, 2). task="quarter":
 stealkit's earlier variant, one of `rotations` = 4 ({0°, 90°, 180°, 270°}) or 2 ({0°, 180°}) exact turns.
 
+Fine-tuning an existing encoder (a provider's deployed victim, `embed_watermark(..., encoder=victim)`): a fresh
+SimCLR projection head would pull the representation away from what honest users' probes rely on, so
+`contrastive=False, preserve=w` replaces the contrastive term by a feature-preservation term against a
+frozen copy f_0 of the encoder before fine-tuning, on augmented views A(x) (stealkit's choice, not in the
+released code, which trains the victim from scratch):
+    L = weight · CE(g(f(rot(x))), class) + preserve · mean(1 − cos(f(A(x)), f_0(A(x)))).
+`head_lr` lets the (new) head learn faster than the (already trained) encoder moves.
+
 Check (the released `watermark.py`): the victim's *fixed* head g is applied to the suspect's
 representations of rotated images; the watermark accuracy is the fraction of correct predictions. A
 stolen copy imitates the victim's representation space, so g still reads the rotation off it; an
@@ -51,29 +59,45 @@ class WatermarkConfig(BaseModel):
     epochs: int = 100
     batch_size: int = 256
     lr: float = 1e-3
+    head_lr: float | None = None  # the rotation head's learning rate (None: lr)
     weight: float = 1.0  # weight of the rotation loss
     contrastive: bool = True  # keep the SimCLR loss in the joint objective
+    preserve: float = 0.0  # weight of 1 − cos(f(A(x)), f_0(A(x))) against the encoder as it was given (fine-tuning)
     temperature: float = 0.5
     augment: str = "crop+flip+jitter+gray"
     proj_hidden: int = 512
     proj_dim: int = 128
     head_hidden: int | tuple[int, ...] = RELEASED_HIDDEN  # the released WatermarkMLP's; an int = one hidden layer
+    normalize: bool = True  # the head reads L2-normalised features (a copy imitates directions, not the victim's scale)
     seed: int = 0
     amp: bool = True
     device: str = "auto"
 
 
-def rotation_head(feature_dim: int, classes: int = 2, hidden: int | tuple[int, ...] = RELEASED_HIDDEN, task: str | None = None) -> nn.Sequential:
+class RotationHead(nn.Sequential):
+    """The rotation head g (an MLP); with `normalize` it reads L2-normalised features, so that the check does
+    not depend on the scale of a suspect's features (a copy stolen from unit-norm answers has its own scale;
+    the released head reads raw features: normalize=False)."""
+
+    normalize: bool = False
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.normalize(feats, dim=1) if self.normalize else feats)
+
+
+def rotation_head(feature_dim: int, classes: int = 2, hidden: int | tuple[int, ...] = RELEASED_HIDDEN, task: str | None = None,
+                  normalize: bool = False) -> nn.Sequential:
     """g: N×D -> N×classes logits, an MLP with ReLUs between the `hidden` widths (default: the released
-    WatermarkMLP, D-256-128-classes). `task` ("binary"/"quarter") is kept on the module for the check;
-    default: "binary" for 2 classes with the released widths, else "quarter"."""
+    WatermarkMLP, D-256-128-classes), on L2-normalised features if `normalize`. `task` ("binary"/"quarter")
+    is kept on the module for the check; default: "binary" for 2 classes with the released widths, else "quarter"."""
     widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     layers: list[nn.Module] = []
     prev = feature_dim
     for w in widths:
         layers += [nn.Linear(prev, w), nn.ReLU(inplace=True)]
         prev = w
-    head = nn.Sequential(*layers, nn.Linear(prev, classes))
+    head = RotationHead(*layers, nn.Linear(prev, classes))
+    head.normalize = bool(normalize)
     head.task = task or ("binary" if classes == 2 and widths == RELEASED_HIDDEN else "quarter")
     head.hidden = widths
     return head
@@ -146,15 +170,23 @@ def embed_watermark(images: torch.Tensor, config: WatermarkConfig | dict | None 
     if n < cfg.batch_size:
         raise ValueError(f"{n} images is fewer than one batch of {cfg.batch_size}; lower batch_size")
     if encoder is None:
+        if cfg.preserve > 0:
+            raise ValueError("preserve keeps a given encoder's features; pass the encoder to fine-tune")
         encoder = build_encoder(cfg.arch, input_size=images.shape[-1])
     pcfg = PretrainConfig(arch=encoder.spec.arch, temperature=cfg.temperature, proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim)
     simclr = prepare_model(SimCLRModel(encoder, pcfg), device).train()
     binary = cfg.task == "binary"
     if not binary and cfg.rotations not in (2, 4):
         raise ValueError(f"rotations must be 2 or 4 for task 'quarter', got {cfg.rotations}")
-    head = rotation_head(encoder.feature_dim, 2 if binary else cfg.rotations, cfg.head_hidden, task=cfg.task).to(device).train()
-    params = list(head.parameters()) + (list(simclr.parameters()) if cfg.contrastive else list(encoder.parameters()))
-    opt = make_optimizer(params, "adam", cfg.lr, device=device)
+    head = rotation_head(encoder.feature_dim, 2 if binary else cfg.rotations, cfg.head_hidden, task=cfg.task,
+                         normalize=cfg.normalize).to(device).train()
+    body = list(simclr.parameters()) if cfg.contrastive else list(encoder.parameters())
+    opt = make_optimizer([{"params": body}, {"params": list(head.parameters()), "lr": cfg.head_lr or cfg.lr}], "adam", cfg.lr, device=device)
+    frozen = None
+    if cfg.preserve > 0:
+        import copy
+
+        frozen = copy.deepcopy(simclr.encoder).eval().requires_grad_(False)
     X = images.to(device)
     aug = Augmenter(cfg.augment, images.shape[-1]).to(device)
     steps, log = n // cfg.batch_size, []
@@ -176,6 +208,11 @@ def embed_watermark(images: torch.Tensor, config: WatermarkConfig | dict | None 
                     logits = head(simclr.encoder(rotate(x, k, cfg.rotations))).float()
                 rot_loss = F.cross_entropy(logits, k)
                 con = simclr.loss(aug(x), aug(x)) if cfg.contrastive else torch.zeros((), device=device)
+                if frozen is not None:
+                    xa = aug(x)
+                    with torch.no_grad():
+                        ref = frozen(xa).float()
+                    con = con + cfg.preserve * (1 - F.cosine_similarity(simclr.encoder(xa).float(), ref, dim=1)).mean()
             loss = con + cfg.weight * rot_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -279,7 +316,8 @@ def save_watermark_head(head: nn.Module, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     linears = [m for m in head if isinstance(m, nn.Linear)]
     meta = {"format": HEAD_FORMAT, "feature_dim": head[0].in_features, "hidden": [m.out_features for m in linears[:-1]],
-            "classes": head[-1].out_features, "task": getattr(head, "task", "quarter")}
+            "classes": head[-1].out_features, "task": getattr(head, "task", "quarter"),
+            "normalize": bool(getattr(head, "normalize", False))}
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     save_file(state, str(path), metadata={"stealkit": json.dumps(meta)})
     return path
@@ -294,7 +332,8 @@ def load_watermark_head(path: str | Path) -> nn.Module:
     if meta.get("format") == "stealkit-watermark-head/1":  # a quarter-turn head with one hidden layer
         head = rotation_head(meta["feature_dim"], meta["rotations"], meta["hidden"], task="quarter")
     elif meta.get("format") == HEAD_FORMAT:
-        head = rotation_head(meta["feature_dim"], meta["classes"], tuple(meta["hidden"]), task=meta["task"])
+        head = rotation_head(meta["feature_dim"], meta["classes"], tuple(meta["hidden"]), task=meta["task"],
+                             normalize=meta.get("normalize", False))  # heads written before the flag read raw features
     else:
         raise ValueError(f"{path} is not a stealkit watermark head (format {meta.get('format')!r})")
     head.load_state_dict(load_file(str(path)), strict=True)
