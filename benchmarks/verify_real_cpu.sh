@@ -7,7 +7,6 @@
 #   pip install -e ".[imagenet]" && SHARED=../shared bash benchmarks/verify_real_cpu.sh
 # Writes benchmarks/results/verify_real_cpu.json (the steal rows) and dataset_inference_real_cpu.json.
 set -euo pipefail
-export OMP_WAIT_POLICY=PASSIVE  # the server and the runner take turns on the 2 cores
 cd "$(dirname "$0")/.."
 SHARED="${SHARED:-../shared}"
 export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
@@ -17,19 +16,9 @@ VICTIM=runs/victims/cifar10_simclr_resnet18
 mkdir -p "$RUN" runs/independent
 [ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
   --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
-LEDGER="$RUN/ledger.sqlite"
-ACCOUNT="thief-$(date +%s)"
-STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"  # assigned first: set -e sees a failure
-export STEALKIT_API_KEY
-stealkit serve --checkpoint "$VICTIM" --ledger "$LEDGER" --port $PORT --normalize --device cpu --log-level warning &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-python benchmarks/wait_ready.py "http://127.0.0.1:$PORT"
-stealkit run configs/verify_real_cpu.yaml --run-dir "$RUN" ${EXTRA:-}
-stealkit keys list --ledger "$LEDGER"
-kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; trap - EXIT
+bash benchmarks/serve_and_run.sh "$VICTIM" configs/verify_real_cpu.yaml "$RUN" $PORT ${EXTRA:-}
 cp "$RUN/results.json" benchmarks/results/verify_real_cpu.json
-mkdir -p docs/img && cp "$RUN/plot.png" docs/img/attack_comparison_real_cpu.png  # SA against #queries, a line per attack
+
 # Independent encoders: SimCLR on GTSRB (pre-trained here), the Table X pre-training-encoder baseline (SimCLR on
 # 500 tiny_imagenet32 images; from this run's cache if present, else trained here), two random ResNet18s.
 [ -f runs/independent/simclr_gtsrb.safetensors ] || stealkit pretrain --config configs/victims/independent_simclr_gtsrb.yaml \

@@ -13,7 +13,6 @@
 #   SHARED=../shared bash benchmarks/watermark_real_cpu.sh      (after benchmarks/verify_real_cpu.sh with DI=0)
 # Writes benchmarks/results/watermark_ta_cpu.json, watermark_steal_cpu.json and watermark_real_cpu.json.
 set -euo pipefail
-export OMP_WAIT_POLICY=PASSIVE  # the server and the runner take turns on the 2 cores
 cd "$(dirname "$0")/.."
 SHARED="${SHARED:-../shared}"
 export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
@@ -27,16 +26,7 @@ mkdir -p "$RUN"
 [ -f "$WM.safetensors" ] || stealkit verify embed-watermark --victim "$VICTIM" --data cifar10:train --limit 10000 --epochs 7 \
   --batch-size 128 --lr 2e-4 --head-lr 1e-3 --no-contrastive --preserve 1 --out "$WM"
 [ "${TA:-1}" = 1 ] && stealkit evaluate "$VICTIM" "$WM" -d gtsrb -d mnist --train-limit 10000 --out benchmarks/results/watermark_ta_cpu.json
-LEDGER="$RUN/ledger.sqlite"
-ACCOUNT="thief-$(date +%s)"
-STEALKIT_API_KEY="$(stealkit keys create "$ACCOUNT" --ledger "$LEDGER")"  # assigned first: set -e sees a failure
-export STEALKIT_API_KEY
-stealkit serve --checkpoint "$WM" --ledger "$LEDGER" --port $PORT --normalize --device cpu --log-level warning &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-python benchmarks/wait_ready.py "http://127.0.0.1:$PORT"
-stealkit run configs/watermark_real_cpu.yaml --run-dir "$RUN" ${EXTRA:-}
-kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; trap - EXIT
+bash benchmarks/serve_and_run.sh "$WM" configs/watermark_real_cpu.yaml "$RUN" $PORT ${EXTRA:-}
 cp "$RUN/results.json" benchmarks/results/watermark_steal_cpu.json
 VERIFY_RUN=runs/verify_real_cpu  # copies of the unmarked victim (benchmarks/verify_real_cpu.sh)
 UNMARKED=(); [ -f "$VERIFY_RUN/results.json" ] && UNMARKED=(--run "$VERIFY_RUN=stolen-unmarked")
