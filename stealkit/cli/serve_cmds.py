@@ -1,4 +1,5 @@
-"""`stealkit serve` (the EaaS server) and `stealkit keys create|list|revoke|set` (accounts in the ledger)."""
+"""`stealkit serve` (the EaaS server), `stealkit keys create|list|revoke|set` (accounts in the ledger) and
+`stealkit accounts` (accounts by risk: billed queries and coverage, service/risk.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 from stealkit.cli.app import app
 from stealkit.cli.common import fail
 from stealkit.defences import DEFENCES
+from stealkit.service.risk import DEFAULT_THRESHOLD
 
 keys_app = typer.Typer(help="API keys: create, list, revoke and change limits of accounts in a ledger.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -17,16 +19,22 @@ app.add_typer(keys_app, name="keys")
 LEDGER = typer.Option("ledger.sqlite", "--ledger", help="ledger: a path or sqlite:///path (SQLite), or postgresql://user@host:port/db")
 
 
-def open_ledger(url: str):
-    """The ledger at `url`, or a 1–2 line error and exit 2."""
-    from stealkit.db import DatabaseUnavailable, redact
+def open_ledger(url: str, must_exist: bool = False):
+    """The ledger at `url`, or a 1–2 line error and exit 2. `must_exist`: a SQLite file that is not there is
+    an error (else it is created)."""
+    import sqlite3
+
+    from stealkit.db import DatabaseUnavailable, parse_url, redact
     from stealkit.service.ledger import Ledger
 
     try:
+        dialect, target = parse_url(url)
+        if must_exist and dialect == "sqlite" and target not in ("", ":memory:") and not Path(target).is_file():
+            fail(f"ledger {url}: no such file (give the --ledger the server uses)")
         return Ledger(url)
     except DatabaseUnavailable as exc:
         fail(str(exc))
-    except ValueError as exc:
+    except (ValueError, sqlite3.DatabaseError) as exc:
         fail(f"ledger {redact(url)}: {exc}")
     except OSError as exc:
         fail(f"ledger {redact(url)}: {exc.strerror or exc}")
@@ -205,3 +213,29 @@ def keys_set(
     except KeyError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"updated {name}")
+
+
+@app.command()
+def accounts(
+    ledger: str = LEDGER,
+    threshold: float = typer.Option(
+        DEFAULT_THRESHOLD, "--threshold", min=0.0, max=1.0,
+        help="flag accounts whose coverage (fraction of LSH buckets hit) is above this; set it from what known-honest "
+             "accounts reach on your encoder and hashing (the default, 0.05, is only a starting point)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (threshold, flagged accounts, one object per account)"),
+    fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="exit 3 when any account is flagged (for cron jobs)"),
+):
+    """Accounts by risk: billed queries beside the coverage defence's per-account coverage (B4B), highest first,
+    FLAGGED above --threshold. Without coverage state in the ledger, the billed queries and how to measure it."""
+    import json
+
+    from stealkit.service.risk import account_risks, risk_json, risk_lines
+
+    led = open_ledger(ledger, must_exist=True)
+    rows, measured = account_risks(led, threshold)
+    if as_json:
+        typer.echo(json.dumps(risk_json(rows, measured, threshold), indent=2))
+    else:
+        typer.echo("\n".join(risk_lines(rows, measured, threshold)))
+    if fail_on_flag and any(r.flagged for r in rows):
+        raise typer.Exit(code=3)

@@ -56,7 +56,9 @@ live in a database (`db_path`: a SQLite path or ":memory:" (the default), or a s
 URL), in tables prefixed `b4b_` so they can share the service's ledger database; `stealkit serve` puts them
 there, so every worker and host sees one state per account. Each call updates an account's state in one
 transaction (the account's row locked), so concurrent calls never lose a query or a bucket. The state
-(and the centre) survives restarts, and the hashing parameters are checked on reopening.
+(and the centre) survives restarts, and the hashing parameters are checked on reopening. `read_coverage(db)`
+reads every account's coverage from such a database with the stored parameters, no defence needed (the
+operator's view: `stealkit accounts`, `/metrics`); `stats` and it share one computation.
 Shapes: features float N×D (D fixed at the first call), images ignored -> float N×D (N×D' for pad/binary).
 """
 
@@ -103,6 +105,49 @@ def noise_curve(coverage: np.ndarray | float, curve: str = "exp", alpha: float =
     if curve == "none":
         return np.zeros_like(c)
     raise ValueError(f"unknown noise curve {curve!r}; choose from {CURVES}")
+
+
+def coverage_fraction(per_table: np.ndarray, num_planes: int) -> np.ndarray:
+    """Hit buckets per table (… × num_tables) -> coverage: the fraction of a table's 2^num_planes buckets
+    hit, averaged over the tables (B4B's coverage, as a fraction)."""
+    return np.asarray(per_table).mean(-1) / 2**num_planes
+
+
+def _hits_per_table(tx, num_planes: int, num_tables: int, account: str | None = None) -> dict[str, np.ndarray]:
+    """Inside a read: {account: hit buckets per table (int64 num_tables)} from the stored ids t·2^num_planes + b,
+    of one account or of all."""
+    size = 2 ** int(num_planes)
+    where = " WHERE account = ?" if account is not None else ""
+    rows = tx.execute(f"SELECT account, bucket / {size}, COUNT(*) FROM b4b_buckets{where} GROUP BY 1, 2",
+                      (account,) if account is not None else ()).fetchall()
+    out: dict[str, np.ndarray] = {}
+    for acc, table, n in rows:
+        if int(table) < num_tables:
+            out.setdefault(acc, np.zeros(num_tables, dtype=np.int64))[int(table)] = int(n)
+    return out
+
+
+def _account_stats(queries: int, per_table: np.ndarray, num_planes: int) -> dict:
+    return {"queries": int(queries), "buckets": int(per_table.sum()), "coverage": float(coverage_fraction(per_table, num_planes))}
+
+
+def read_coverage(db: Database) -> dict[str, dict] | None:
+    """Every account's coverage state in `db` (a Database holding the b4b_ tables), read with the stored
+    hashing parameters: {account: {"queries", "buckets" (hit, all tables), "coverage" (a fraction, averaged
+    over the tables)}}, sorted by account; {} when the defence has answered nobody yet; None when `db` holds
+    no coverage state."""
+    with db.read() as tx:
+        if not db.columns(tx, "b4b_accounts") or not db.columns(tx, "b4b_meta"):
+            return None
+        meta = dict(tx.execute("SELECT key, value FROM b4b_meta").fetchall())
+        queries = dict(tx.execute("SELECT account, queries FROM b4b_accounts").fetchall())
+        if "params" not in meta:  # set up, never called: nothing hashed yet
+            return {}
+        params = json.loads(meta["params"])
+        planes, tables = int(params["num_planes"]), int(params.get("num_tables", 1))
+        hits = _hits_per_table(tx, planes, tables)
+    zero = np.zeros(tables, dtype=np.int64)
+    return {a: _account_stats(queries.get(a, 0), hits.get(a, zero), planes) for a in sorted(set(queries) | set(hits))}
 
 
 class CoverageConfig(DefenceConfig):
@@ -241,15 +286,15 @@ class CoverageDefence(Defence):
 
     def _coverage(self, per_table: np.ndarray) -> np.ndarray:
         """Hit buckets per table (… × num_tables) -> coverage, a fraction averaged over the tables."""
-        return per_table.mean(-1) / self.num_buckets
+        return coverage_fraction(per_table, self.num_planes)
 
     def stats(self, account: str) -> dict:
         """{"queries", "buckets" (hit, all tables), "coverage" (a fraction, averaged over tables), "sigma"} so far."""
         with self._db.read() as tx:
             row = tx.execute("SELECT queries FROM b4b_accounts WHERE account = ?", (account,)).fetchone()
-            ids = [int(b) for (b,) in tx.execute("SELECT bucket FROM b4b_buckets WHERE account = ?", (account,)).fetchall()]
-        cov = float(self._coverage(self._per_table(ids)))
-        return {"queries": row[0] if row else 0, "buckets": len(ids), "coverage": cov, "sigma": float(self.sigma(cov))}
+            per_table = _hits_per_table(tx, self.num_planes, self.num_tables, account).get(account, np.zeros(self.num_tables, dtype=np.int64))
+        out = _account_stats(row[0] if row else 0, per_table, self.num_planes)
+        return {**out, "sigma": float(self.sigma(out["coverage"]))}
 
     def coverage(self, account: str) -> float:
         return self.stats(account)["coverage"]

@@ -1,7 +1,8 @@
 """Prometheus metrics (prometheus-client): requests, images, refusals by status, latency, batch sizes,
 and per-account billed queries read from the ledger when scraped (so every worker reports the same,
-authoritative numbers). With several workers, set PROMETHEUS_MULTIPROC_DIR (`stealkit serve --workers`
-does) and any worker's /metrics adds up all of them.
+authoritative numbers); when the ledger's database holds the coverage defence's state (B4B, Dubiński et al.,
+NeurIPS 2023, arXiv:2310.08571), each account's coverage too. With several workers, set
+PROMETHEUS_MULTIPROC_DIR (`stealkit serve --workers` does) and any worker's /metrics adds up all of them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from stealkit.defences.coverage import read_coverage
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ROUTES = ("/v1/embeddings", "/v1/usage", "/v1/model", "/v1/models", "/healthz", "/livez", "/readyz", "/metrics", "/docs", "/openapi.json")
 
 
 class LedgerCollector:
-    """stealkit_account_billed_queries{account}: images billed per account, from the ledger at scrape time."""
+    """stealkit_account_billed_queries{account}: images billed per account, from the ledger at scrape time;
+    with coverage state in the ledger's database, stealkit_account_coverage{account} (the fraction of LSH
+    buckets hit, averaged over tables) and stealkit_account_coverage_buckets{account} (buckets hit)."""
 
     def __init__(self, ledger):
         self.ledger = ledger
@@ -27,6 +32,17 @@ class LedgerCollector:
         for account, n in sorted(self.ledger.billed().items()):
             g.add_metric([account], n)
         yield g
+        coverage = read_coverage(self.ledger.db)
+        if coverage is None:
+            return
+        cov = GaugeMetricFamily("stealkit_account_coverage", "fraction of the coverage defence's LSH buckets each account's "
+                                "queries hit, averaged over tables (B4B)", labels=["account"])
+        hit = GaugeMetricFamily("stealkit_account_coverage_buckets", "LSH buckets each account's queries hit (all tables)", labels=["account"])
+        for account, s in coverage.items():
+            cov.add_metric([account], s["coverage"])
+            hit.add_metric([account], s["buckets"])
+        yield cov
+        yield hit
 
 
 class Metrics:
