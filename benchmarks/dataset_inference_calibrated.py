@@ -39,6 +39,9 @@ PROTOCOL (fixed in the commit that added this file, before any calibrated result
         --out benchmarks/results/dataset_inference_calibrated_cpu.json
 (the full command, with every suspect of benchmarks/verify_real_cpu.sh, is recorded in the JSON's args).
 Writes JSON (environment, args, seed, wall time, per-suspect rows, per-encoder split-shift measurements, summary).
+Post-hoc diagnostic (added after the results, not part of the protocol): the same command with --seed 1 (fresh
+fit/private/public draws and crops), victim and the four ResNet18 independents only, asks whether the seed-0
+draw's split effects replicate (results/dataset_inference_calibrated_seed1_cpu.json).
 """
 
 from __future__ import annotations
@@ -96,7 +99,43 @@ def split_effect(z: dict) -> dict:
     d = float(a.mean() - b.mean())
     se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
     pooled = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
-    return {"d": d, "se": se, "cohen_d": d / pooled, "z_over_se": d / se}
+    return {"d": d, "se": se, "cohen_d": d / pooled, "z_over_se": d / se,
+            "mean_z_private": float(a.mean()), "mean_z_public": float(b.mean())}  # below 0: the GMM fits its fit set better
+
+
+def why(enc: dict, kinds: dict, victim: str, pool_labels: list[str], effects: dict, rows: list[dict], args) -> dict:
+    """Measurements of why the released test fails (descriptive, no test): per-image score correlations between
+    encoders (Pearson, over the 2n scored images), the split effect by group, and what the victim's effect would need."""
+    from scipy.stats import norm, t as student_t
+
+    labels = list(enc)
+    corr = np.corrcoef(np.stack([np.concatenate([enc[lab]["z"]["train"], enc[lab]["z"]["public"]]) for lab in labels]))
+    idx = {lab: i for i, lab in enumerate(labels)}
+    group = {lab: ("random" if lab in pool_labels or next(r["checkpoint"] for r in rows if r["label"] == lab).startswith("random:")
+                   else kinds.get(lab)) for lab in labels}
+    group = {lab: "trained independent" if g == "independent" else g for lab, g in group.items()}
+
+    def mean_pairwise(a: list[str], b: list[str] | None = None) -> float | None:
+        pairs = [(x, y) for i, x in enumerate(a) for y in (a[i + 1:] if b is None else b) if x != y]
+        return float(np.mean([corr[idx[x], idx[y]] for x, y in pairs])) if pairs else None
+
+    by = {g: [lab for lab in labels if group[lab] == g] for g in ("random", "trained independent", "stolen")}
+    ve = effects[victim]
+    c = next(r["C_encoder_level"] for r in rows if r["label"] == victim)
+    t_crit = float(student_t.isf(args.alpha, c["df"]))
+    return {
+        "groups": group,
+        "corr_labels": labels, "corr_matrix": np.round(corr, 3).tolist(),
+        "victim_max_abs_corr_with_another_encoder": float(np.max(np.abs(np.delete(corr[idx[victim]], idx[victim])))),
+        "mean_pairwise_corr": {"random": mean_pairwise(by["random"]), "trained independent": mean_pairwise(by["trained independent"]),
+                               "stolen": mean_pairwise(by["stolen"]), "stolen_with_victim": mean_pairwise(by["stolen"], [victim]),
+                               "random_with_victim": mean_pairwise(by["random"], [victim])},
+        "split_effect_d_by_group": {g: {lab: effects[lab]["d"] for lab in labs} for g, labs in by.items()} | {"victim": {victim: ve["d"]}},
+        "split_effect_mean_by_group": {g: float(np.mean([effects[lab]["d"] for lab in labs])) for g, labs in by.items() if labs},
+        "victim_gmm_fit_gap_mean_z_private": ve["mean_z_private"],
+        "n_per_side_for_victim_effect_at_alpha": int(np.ceil(args.n * (norm.isf(args.alpha) / ve["z_over_se"]) ** 2)) if ve["d"] > 0 else None,
+        "C_min_d_to_flag_victim": c["d_references_mean"] + t_crit * c["d_references_sd"] * float(np.sqrt(1 + 1 / c["n_references"])),
+    }
 
 
 def main() -> None:
@@ -200,6 +239,7 @@ def main() -> None:
             "victim_corr_with_pool_mean": float(np.corrcoef(zv, pool_mean)[0, 1]),
         },
     }
+    summary["why"] = why(enc, kinds, victims[0], pool_labels, effects, rows, args)
     out = {"benchmark": "dataset_inference_calibrated", "protocol": __doc__.split("PROTOCOL")[1].split("    python")[0].strip(),
            "args": vars(args), "seed": args.seed, "environment": environment(), "summary": summary, "rows": rows,
            "references": {lab: {"checkpoint": spec, "dim": enc[lab]["dim"], "split_effect": effects[lab],
@@ -208,7 +248,7 @@ def main() -> None:
            "wall_seconds": round(time.perf_counter() - t_start, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2, default=float))
-    print(json.dumps(summary), f"-> {args.out}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "why"}), f"-> {args.out}")
 
 
 if __name__ == "__main__":
