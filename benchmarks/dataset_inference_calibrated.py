@@ -55,29 +55,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset_inference_real import cached_reps  # benchmarks/ (the script's own folder is on sys.path)
-from stealkit.data import load_dataset
+from dataset_inference_real import cached_reps, image_sets  # benchmarks/ (the script's own folder is on sys.path)
 from stealkit.runtime import environment
 from stealkit.verify.calibrated_inference import calibrated_test, encoder_level_test, standardise
-from stealkit.verify.dataset_inference import crop_views, fit_gmm, t_greater
+from stealkit.verify.dataset_inference import fit_gmm, t_greater
 from suspects import load_suspect, run_suspects
-
-
-def image_sets(args) -> tuple[dict[str, torch.Tensor], str]:
-    """The fit / train / public image sets of dataset_inference_real.py's main() for the same arguments (its sizes'
-    maximum is --n), and the cache tag it keyed their representations with."""
-    pname, _, psplit = args.private.partition(":")
-    qname, _, qsplit = args.public.partition(":")
-    private = load_dataset(pname, psplit or "train", root=args.data_root)
-    public = load_dataset(qname, qsplit or "test", root=args.data_root)
-    if args.fit + args.n > len(private) or args.n > len(public):
-        raise SystemExit(f"need {args.fit}+{args.n} private and {args.n} public images; have {len(private)} and {len(public)}")
-    perm = torch.randperm(len(private), generator=torch.Generator().manual_seed(args.seed))
-    sets = {"fit": private.images[perm[: args.fit]], "train": private.images[perm[args.fit : args.fit + args.n]],
-            "public": public.images[torch.randperm(len(public), generator=torch.Generator().manual_seed(args.seed + 1))[: args.n]]}
-    if args.views == "crop":
-        sets = {part: crop_views(imgs, args.seed + i) for i, (part, imgs) in enumerate(sets.items())}
-    return sets, f"{args.private}|{args.public}|{args.fit}|{args.n}|{args.views}|{args.seed}|fast={args.fast}"
 
 
 def encoder_scores(label: str, spec: str, sets, tag: str, args, cache: Path | None) -> dict:
@@ -175,7 +157,7 @@ def main() -> None:
     victims = [lab for lab, _ in suspects if kinds.get(lab) == "victim"]
     if len(victims) != 1:
         raise SystemExit("name exactly one suspect --kind LABEL=victim")
-    sets, tag = image_sets(args)
+    sets, tag = image_sets(args, args.n)[:2]
     cache = Path(args.cache) if args.cache else None
 
     enc = {}

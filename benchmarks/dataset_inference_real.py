@@ -70,6 +70,26 @@ def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, ca
     return reps
 
 
+def image_sets(args, n: int):
+    """The three disjoint image sets of the protocol, drawn once from args.seed: `args.fit` private images for the
+    GMM, `n` other private and `n` public ones to score (one RandomResizedCrop view each with args.views == "crop",
+    the same for every suspect) -> ({"fit", "train", "public"}: uint8 images, the cache tag of their
+    representations, the private dataset, its permutation, the public images before the views)."""
+    pname, _, psplit = args.private.partition(":")
+    qname, _, qsplit = args.public.partition(":")
+    private = load_dataset(pname, psplit or "train", root=args.data_root)
+    public = load_dataset(qname, qsplit or "test", root=args.data_root)
+    if args.fit + n > len(private) or n > len(public):
+        raise SystemExit(f"need {args.fit}+{n} private and {n} public images; have {len(private)} and {len(public)}")
+    perm = torch.randperm(len(private), generator=torch.Generator().manual_seed(args.seed))
+    pub_raw = public.images[torch.randperm(len(public), generator=torch.Generator().manual_seed(args.seed + 1))[:n]]
+    sets = {"fit": private.images[perm[: args.fit]], "train": private.images[perm[args.fit : args.fit + n]], "public": pub_raw}
+    if args.views == "crop":  # one view per image, the same views for every suspect
+        sets = {part: crop_views(imgs, args.seed + i) for i, (part, imgs) in enumerate(sets.items())}
+    tag = f"{args.private}|{args.public}|{args.fit}|{n}|{args.views}|{args.seed}|fast={args.fast}"
+    return sets, tag, private, perm, pub_raw
+
+
 def p_curve(sizes: list[int], n_all: int, args, tag: tuple, test) -> list[dict]:
     """p-value against sample size: at each n, `test(private_idx, public_idx) -> (p, delta or None)` on --draws random
     subsets of n of the n_all private and n_all public scores (the whole set, once, at n = n_all); subsets drawn
@@ -121,19 +141,8 @@ def main() -> None:
     n_max = max(args.sizes)
     about = dict(a.split("=", 1) for a in args.about)
     kinds = dict(k.split("=", 1) for k in args.kind)
-    pname, _, psplit = args.private.partition(":")
-    qname, _, qsplit = args.public.partition(":")
-    private = load_dataset(pname, psplit or "train", root=args.data_root)
-    public = load_dataset(qname, qsplit or "test", root=args.data_root)
-    if args.fit + n_max > len(private) or n_max > len(public):
-        raise SystemExit(f"need {args.fit}+{n_max} private and {n_max} public images; have {len(private)} and {len(public)}")
-    perm = torch.randperm(len(private), generator=torch.Generator().manual_seed(args.seed))
-    fit_imgs = private.images[perm[: args.fit]]
-    train_imgs = private.images[perm[args.fit : args.fit + n_max]]
-    pub_raw = public.images[torch.randperm(len(public), generator=torch.Generator().manual_seed(args.seed + 1))[:n_max]]
-    pub_imgs = pub_raw
-    if args.views == "crop":  # one view per image, the same views for every suspect
-        fit_imgs, train_imgs, pub_imgs = crop_views(fit_imgs, args.seed), crop_views(train_imgs, args.seed + 1), crop_views(pub_imgs, args.seed + 2)
+    sets, tag, private, perm, pub_raw = image_sets(args, n_max)
+    fit_imgs, train_imgs, pub_imgs = sets["fit"], sets["train"], sets["public"]
     suspects = [item.split("=", 1) for item in args.suspect]
     for run in args.run:
         for label, ckpt, kind, made in run_suspects(run):
@@ -142,7 +151,6 @@ def main() -> None:
             about.setdefault(label, made)
     if not suspects:
         raise SystemExit("give at least one --suspect LABEL=CHECKPOINT or --run DIR")
-    tag = f"{args.private}|{args.public}|{args.fit}|{n_max}|{args.views}|{args.seed}|fast={args.fast}"
     if args.align_views:
         na = min(args.align_max, n_max)
         align_priv = augmented_views(private.images[perm[args.fit : args.fit + na]], args.align_views, seed=args.seed + 3)

@@ -395,9 +395,50 @@ def attack_comparison() -> str:
               f"{sizes['test_size']:,} test images per set. {probe_note(d)} " + run_line(d, src)]
     return "\n".join(lines)
 
+UNMARKED = ", of the unmarked victim"  # benchmarks/watermark_real.py's suffix for copies of the victim before the watermark
+
+
+def watermark() -> str:
+    """What the watermark costs honest users (TA before/after) and what it reads off each suspect."""
+    src_ta, src_wm, src_steal = ("benchmarks/results/watermark_ta_cpu.json", "benchmarks/results/watermark_real_cpu.json",
+                                 "benchmarks/results/watermark_steal_cpu.json")
+    ta, wm, steal = load("watermark_ta_cpu.json"), load("watermark_real_cpu.json"), load("watermark_steal_cpu.json")
+    sets = [s for s in ("gtsrb", "mnist") if s in ta["datasets"]]
+    (before, acc_b), (after, acc_a) = list(ta["accuracy"].items())
+    head = ["encoder"] + [f"{NAMES[s]} TA ({ta['datasets'][s]['train']:,} train / {ta['datasets'][s]['test']:,} test)" for s in sets]
+    rows = [["shared victim", *(pct(acc_b[s]) for s in sets)], ["watermarked victim", *(pct(acc_a[s]) for s in sets)],
+            ["**cost to honest users (points)**", *(f"**{100 * (acc_b[s] - acc_a[s]):+.2f}**" for s in sets)]]
+    lines = md_table(head, rows)
+    lines += ["", f"`{before}` against `{after}`, the same training subset, test split and probe seed for both. {probe_note(ta)} "
+              + run_line(ta, src_ta), ""]
+    sa = {f"{r['label']}, {r['queries']:,} queries": r["downstream"]["gtsrb"]["SA"] for r in steal["rows"]}
+    unmarked = load("verify_real_cpu.json", required=False)  # copies of the victim before the watermark
+    sa.update({f"{r['label']}, {r['queries']:,} queries{UNMARKED}": r["downstream"]["gtsrb"]["SA"] for r in (unmarked or {}).get("rows", [])})
+    kinds = {"victim": "watermarked victim", "unmarked": "victim before the watermark", "stolen": "copy of the watermarked victim",
+             "stolen-unmarked": "copy of the unmarked victim", "independent": "independent"}
+    head = ["suspect", "kind", "#queries", "GTSRB SA", "watermark accuracy", "p (per-image Wilcoxon)", "p (binomial)", "verdict"]
+    rows = []
+    for r in wm["rows"]:
+        q = f"{r['queries']:,}" if r["kind"].startswith("stolen") and r.get("queries") is not None else "—"
+        verdict = "**watermark**" if r["significant"] else "no watermark"
+        label = r["suspect"].removesuffix(UNMARKED)
+        rows.append([_suspect_label(label) + (" (unmarked victim)" if label != r["suspect"] else ""), kinds.get(r["kind"], r["kind"]), q, pct(sa.get(r["suspect"])),
+                     f"{100 * r['accuracy']:.2f}%", _p(r["p_value"]), _p(r["p_binomial"]), verdict])
+    sm = wm["summary"]
+    lines += md_table(head, rows)
+    lines += ["", f"Watermark accuracy: the watermarked victim's fixed head on each suspect's representations of {wm['images']:,} "
+              f"CIFAR-10 test images, each rotated once by an angle in (0°, 180°) and once in (180°, 360°) (chance 50%). "
+              f"Verdict at p < {wm['args']['alpha']} (per-image Wilcoxon). Detected: {round(sm['detection_rate'] * sm['n_marked'])}/"
+              f"{sm['n_marked']} of the watermarked victim and its copies; false positives: "
+              f"{round(sm['false_positive_rate'] * sm['n_independent'])}/{sm['n_independent']} independent encoders. GTSRB SA "
+              f"of the copies from `{src_steal}` (2,000 train / 1,000 test, the released probe). Wall {wm['wall_seconds'] / 60:.1f} min, "
+              f"{machine(wm)}, seed {wm['args']['seed']}. Source: `{src_wm}`."]
+    return "\n".join(lines)
+
+
 BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, "table2": table2, "defences": defences, "table11": table11,
           "speed": speed, "serving": serving, "dataset_inference": dataset_inference,
-          "dataset_inference_curve": dataset_inference_curve, "attack_comparison": attack_comparison}
+          "dataset_inference_curve": dataset_inference_curve, "attack_comparison": attack_comparison, "watermark": watermark}
 PATTERN = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)
 
 

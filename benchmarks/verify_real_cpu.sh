@@ -45,3 +45,20 @@ python benchmarks/dataset_inference_real.py --suspect "victim=$VICTIM" --kind vi
   --suspect "random ResNet18 (seed 0)=random:resnet18:0" --kind "random ResNet18 (seed 0)=independent" \
   --fit 10000 --sizes 64 128 256 512 1024 2048 5000 10000 --align-max 10000 --fast \
   --out benchmarks/results/dataset_inference_curve_cpu.json
+# Dataset inference with a calibrated null (benchmarks/dataset_inference_calibrated.py, protocol fixed before any
+# result): the same suspects and images, each image's GMM score less that of reference encoders (a pool of random
+# ResNet18s, or the other independents), and an encoder-level test; then a fresh draw of images (seed 1) for the
+# victim and the ResNet18 independents, to see whether the seed-0 split effect replicates (about 5 + 7 minutes).
+python benchmarks/dataset_inference_calibrated.py --suspect "victim=$VICTIM" --kind victim=victim --run "$RUN" \
+  --suspect "SimCLR on GTSRB=runs/independent/simclr_gtsrb" --suspect "SimCLR on tiny_imagenet32=runs/independent/simclr_tiny_imagenet32" \
+  --suspect "random ResNet18 (seed 0)=random:resnet18:0" --suspect "random ResNet18 (seed 1)=random:resnet18:1" \
+  --suspect "EfficientNet-Lite0 (ImageNet)=runs/victims/efficientnet_lite0" \
+  --kind "SimCLR on GTSRB=independent" --kind "SimCLR on tiny_imagenet32=independent" --kind "EfficientNet-Lite0 (ImageNet)=independent" \
+  --kind "random ResNet18 (seed 0)=independent" --kind "random ResNet18 (seed 1)=independent" \
+  --fit 5000 --n 5000 --fast --out benchmarks/results/dataset_inference_calibrated_cpu.json
+python benchmarks/dataset_inference_calibrated.py --suspect "victim=$VICTIM" --kind victim=victim \
+  --suspect "SimCLR on GTSRB=runs/independent/simclr_gtsrb" --suspect "SimCLR on tiny_imagenet32=runs/independent/simclr_tiny_imagenet32" \
+  --suspect "random ResNet18 (seed 0)=random:resnet18:0" --suspect "random ResNet18 (seed 1)=random:resnet18:1" \
+  --kind "SimCLR on GTSRB=independent" --kind "SimCLR on tiny_imagenet32=independent" \
+  --kind "random ResNet18 (seed 0)=independent" --kind "random ResNet18 (seed 1)=independent" \
+  --fit 5000 --n 5000 --fast --seed 1 --out benchmarks/results/dataset_inference_calibrated_seed1_cpu.json
