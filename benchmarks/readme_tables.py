@@ -395,6 +395,40 @@ def attack_comparison() -> str:
               f"{sizes['test_size']:,} test images per set. {probe_note(d)} " + run_line(d, src)]
     return "\n".join(lines)
 
+def dataset_inference_calibrated() -> str:
+    """Each suspect under the released test and the three calibrated variants fixed before any result, with its
+    private-minus-public gap in standard errors, and the released p on a fresh draw of images (seed 1) where run."""
+    src, src1 = "benchmarks/results/dataset_inference_calibrated_cpu.json", "benchmarks/results/dataset_inference_calibrated_seed1_cpu.json"
+    d, d1 = load("dataset_inference_calibrated_cpu.json"), load("dataset_inference_calibrated_seed1_cpu.json", required=False)
+    redraw = {r["label"]: r for r in (d1 or {}).get("rows", [])}
+    variants = [("released", "released"), ("A_random_pool", "A: less random-pool refs"),
+                ("B_leave_one_out", "B: less other independents"), ("C_encoder_level", "C: encoder level")]
+    head = ["suspect", "kind", "gap (z) ± SE"] + [f"{name}: p" for _, name in variants] + ["released p, fresh draw (seed 1)"]
+    rows = []
+    for r in d["rows"]:
+        e = r["split_effect"]
+        cells = [f"{_p(r[k]['p_value'])}{' **stolen**' if r[k]['stolen'] else ''}" for k, _ in variants]
+        again = redraw.get(r["label"])
+        rows.append([_suspect_label(r["label"]), r["kind"], f"{e['d']:+.3f} ± {e['se']:.3f}", *cells,
+                     _p(again["released"]["p_value"]) if again else "—"])
+    sm = d["summary"]
+    rate = lambda key, k: f"{round(sm[key][k] * sm['n_independent' if key == 'false_positive_rate' else 'n_victim_or_stolen'])}"  # noqa: E731
+    fp = ", ".join(f"{name.split(':')[0]} {rate('false_positive_rate', k)}/{sm['n_independent']}" for k, name in variants)
+    tp = ", ".join(f"{name.split(':')[0]} {rate('true_positive_rate', k)}/{sm['n_victim_or_stolen']}" for k, name in variants)
+    a = d["args"]
+    lines = md_table(head, rows)
+    lines += ["", f"The released GMM ({a['components']} components, {a['covariance']}) fitted on each encoder's representations of "
+              f"{a['fit']:,} private images, {a['n']:,} other private vs {a['n']:,} public images scored, scores standardised on the "
+              f"fit set (gap: mean private − mean public). A: each image's score less the mean score of random ResNet18s (seeds "
+              f"{', '.join(map(str, a['pool_seeds']))}, none a suspect), one-sided Welch test; B: less the other independent "
+              f"encoders (never the one under test); C: the suspect's gap against the references' gaps, a t prediction test. "
+              f"Flagged at p < {a['alpha']}. False positives over the independent encoders: {fp}; flagged among the victim and its "
+              f"copies: {tp}. Wall {d['wall_seconds'] / 60:.1f} min (representations from the cache of "
+              f"`benchmarks/dataset_inference_real.py`), {machine(d)}, seed {a['seed']}. Sources: `{src}`"
+              + (f", `{src1}` (wall {d1['wall_seconds'] / 60:.1f} min)." if d1 else ".")]
+    return "\n".join(lines)
+
+
 UNMARKED = ", of the unmarked victim"  # benchmarks/watermark_real.py's suffix for copies of the victim before the watermark
 
 
@@ -438,7 +472,8 @@ def watermark() -> str:
 
 BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, "table2": table2, "defences": defences, "table11": table11,
           "speed": speed, "serving": serving, "dataset_inference": dataset_inference,
-          "dataset_inference_curve": dataset_inference_curve, "attack_comparison": attack_comparison, "watermark": watermark}
+          "dataset_inference_curve": dataset_inference_curve, "attack_comparison": attack_comparison, "watermark": watermark,
+          "dataset_inference_calibrated": dataset_inference_calibrated}
 PATTERN = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)
 
 
