@@ -287,3 +287,54 @@ def test_b4b_released_preset_is_served_with_its_state_in_the_ledger(tmp_path):
     assert again.stats("x") == d.stats("x") and again.stats("x")["queries"] == 8
     with pytest.raises(ValueError, match="num_tables"):
         CoverageDefence(db_path=ledger)  # the stealkit preset's one table cannot read this state
+
+
+def test_input_seeded_noise_makes_repeats_identical_and_averaging_useless():
+    """noise_seed "input": the same image from one account gets the same answer (its coverage stands still:
+    a repeat hits no new bucket), so averaging k repeats keeps the whole noise; the default ("stream") draws
+    afresh and averaging divides it by about √k. Another account or another image: an independent draw. The
+    noise equals a hand-seeded draw from (secret, seed, account, sha256 of the image's bytes)."""
+    import hashlib
+
+    sweep, _ = _sweep_and_narrow(n=64, d=32)
+    images = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    spec = {"num_planes": 6, "transform": "none", "curve": "linear", "alpha": 0.5, "beta": 1.0, "relative": False}
+    fixed, fresh = CoverageDefence(noise_seed="input", **spec), CoverageDefence(**spec)
+    first = fixed(sweep, images=images, account="thief")  # covers what it will cover
+    x, img = sweep[:8], images[:8]
+    repeats = [fixed(x, images=img, account="thief") for _ in range(16)]
+    assert all(torch.equal(r, repeats[0]) for r in repeats)
+    # the first call answered these rows at lower coverage (σ after each query): a smaller σ, the same direction
+    cos = torch.nn.functional.cosine_similarity(first[:8] - x, repeats[0] - x, dim=1)
+    assert torch.allclose(cos, torch.ones(8), atol=1e-5)
+    sigma = fixed.stats("thief")["sigma"]
+    for i in range(8):  # by hand: σ · N(0, I) seeded from the image's bytes
+        seed = derived_seed("noise-input", "stealkit-b4b", 0, "thief", hashlib.sha256(img[i].numpy().tobytes()).hexdigest())
+        assert torch.allclose(repeats[0][i], x[i] + sigma * torch.randn(32, generator=torch.Generator().manual_seed(seed)), atol=1e-6)
+    other = fixed(x, images=img, account="sybil")
+    assert not torch.equal(other, repeats[0])
+    fresh(sweep, images=images, account="thief")
+    err = lambda outs: (torch.stack(outs).mean(0) - x).norm(dim=1).mean().item()  # noqa: E731
+    fresh_outs = [fresh(x, images=img, account="thief") for _ in range(16)]
+    assert err(repeats) == pytest.approx(err(repeats[:1]))  # averaging removes nothing
+    assert err(fresh_outs) < 0.5 * err(fresh_outs[:1])  # ~1/4 with 16 fresh draws
+
+
+def test_bucket_seeded_noise_is_shared_by_near_duplicates():
+    """noise_seed "bucket": an image nudged to buy a fresh draw falls in the same LSH cell and gets the same
+    noise; under "input" its new bytes get a new draw."""
+    sweep, _ = _sweep_and_narrow(n=32, d=16)
+    images = torch.randint(0, 250, (32, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    nudged_img = images.clone()
+    nudged_img[:, 0, 0, 0] += 1
+    nudged = sweep + 1e-5  # the encoder barely moves
+    spec = {"num_planes": 6, "num_tables": 3, "transform": "none", "curve": "linear", "alpha": 0.5, "beta": 1.0, "relative": False}
+    by_cell, by_input = CoverageDefence(noise_seed="bucket", **spec), CoverageDefence(noise_seed="input", **spec)
+    for d in (by_cell, by_input):
+        d(sweep, images=images, account="t")  # coverage settles
+    same = np.array_equal(by_cell.buckets(sweep), by_cell.buckets(nudged))
+    assert same  # the premise: 1e-5 moves no row across a hyperplane here
+    a, b = by_cell(sweep, images=images, account="t"), by_cell(nudged, images=nudged_img, account="t")
+    assert torch.allclose(a - sweep, b - nudged, atol=1e-5)
+    a, b = by_input(sweep, images=images, account="t"), by_input(nudged, images=nudged_img, account="t")
+    assert not torch.allclose(a - sweep, b - nudged, atol=1e-2)

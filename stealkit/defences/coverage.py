@@ -46,10 +46,17 @@ Presets (`preset`; a setting given explicitly wins over its preset's):
   stream, and every account has its own map. Its α, β, λ were set for ImageNet SimSiam/DINO features
   (2048-/1536-d, not normalised); on other encoders and on normalised answers σ needs calibrating.
 
-Repeated queries: noise is drawn afresh for every call, seeded by (secret, account, the account's query
+Repeated queries (`noise_seed: stream`, the default): noise is drawn afresh for every call, seeded by (secret, account, the account's query
 count before the call), as B4B draws one per batch position. A repeated identical query hits no new
 bucket, so its σ is that of the coverage reached, but its noise is a new draw (averaging k repeats
 divides σ by √k); replaying an account's whole stream against a fresh state gives bitwise the same answers.
+`noise_seed: input` (stealkit's, against the averaging thief of issue 18): each row's noise is seeded by
+(secret, account, the row's image bytes, or its exact feature when no image is given), so an account that
+asks the same image again gets the same noise direction, the same answer while its coverage stands still,
+and nothing to average away; another account, or another image, gets an independent draw. A thief who
+changes a pixel per repeat gets fresh draws again; `noise_seed: bucket` seeds by the row's LSH cell (its
+bucket in every table) instead, so near-duplicates share the noise too (and so do distinct images that
+fall in one cell: the noise becomes a fixed offset per cell and account).
 
 State: per-account query counts and the set of hit buckets (bucket b of table t stored as t·2^num_planes + b)
 live in a database (`db_path`: a SQLite path or ":memory:" (the default), or a sqlite:/// or postgresql://
@@ -164,6 +171,7 @@ class CoverageConfig(DefenceConfig):
     lam: float = Field(0.01, ge=0)
     relative: bool = True  # σ in units of the answer's RMS entry (else absolute)
     noise_per: Literal["query", "batch"] = "query"  # one σ per answer, or one per call (B4B)
+    noise_seed: Literal["stream", "input", "bucket"] = "stream"  # fresh per call (B4B); fixed per (account, input | LSH cell)
     transform: Literal["affine", "rotation", "shuffle", "none", "b4b-affine", "b4b-shuffle-pad", "b4b-affine-shuffle-pad",
                        "b4b-binary", "b4b-sybil-map"] = "affine"
     bias_scale: float = Field(1.0, ge=0)  # "affine": b ~ N(0, bias_scale²)
@@ -206,7 +214,7 @@ class CoverageDefence(Defence):
         self.preset, self.num_tables, self.num_planes, self.curve = c.preset, int(c.num_tables), int(c.num_planes), c.curve
         self.alpha, self.beta, self.lam, self.relative = float(c.alpha), float(c.beta), float(c.lam), bool(c.relative)
         self.coverage_scale = 100.0 if c.coverage_unit == "percent" else 1.0
-        self.noise_per, self.transform_kind, self.bias_scale = c.noise_per, c.transform, float(c.bias_scale)
+        self.noise_per, self.noise_seed, self.transform_kind, self.bias_scale = c.noise_per, c.noise_seed, c.transform, float(c.bias_scale)
         self.secret, self.seed = str(c.secret), int(c.seed)
         self.db_path = str(c.db_path)
         self._db = Database.open(self.db_path)
@@ -390,9 +398,27 @@ class CoverageDefence(Defence):
         f = features.detach().float().cpu()
         if self.relative:
             sig = sig * f.norm(dim=1, keepdim=True) / math.sqrt(f.shape[1])
-        g = torch.Generator().manual_seed(derived_seed("noise", self.secret, self.seed, account, before))
-        noised = f + sig * torch.randn(f.shape, generator=g)
+        noised = f + sig * self._noise(f, images, account, before, ids)
         return self.transform(noised, account).to(features.device)
+
+    def _noise(self, f: torch.Tensor, images: torch.Tensor | None, account: str, before: int, ids: np.ndarray) -> torch.Tensor:
+        """Standard normal N×D: one draw per call seeded by the account's position in its stream ("stream"), or
+        one per row seeded by (secret, account, the row's input): "input" the image's bytes (else the exact
+        feature's), "bucket" the row's LSH cell (its bucket in every table, N × tables `ids`), so that near-duplicates
+        of an image (a pixel changed to get a fresh draw) share its noise too. Either way an account asking the
+        same image again gets the same noise, and averaging repeats removes none of it."""
+        if self.noise_seed == "stream":
+            g = torch.Generator().manual_seed(derived_seed("noise", self.secret, self.seed, account, before))
+            return torch.randn(f.shape, generator=g)
+        if self.noise_seed == "bucket":
+            rows = torch.from_numpy(np.ascontiguousarray(ids))
+        else:
+            rows = images.detach().cpu().contiguous() if images is not None and len(images) == len(f) else f
+        out = torch.empty_like(f)
+        for i in range(len(f)):
+            digest = hashlib.sha256(rows[i].numpy().tobytes()).hexdigest()
+            out[i] = torch.randn(f.shape[1], generator=torch.Generator().manual_seed(derived_seed("noise-input", self.secret, self.seed, account, digest)))
+        return out
 
     def close(self) -> None:
         self._db.close()
