@@ -363,9 +363,9 @@ def dataset_inference_curve() -> str:
 
 def attack_comparison() -> str:
     """SA per attack and surrogate size on GTSRB and MNIST, the best per size in bold, and whether the best is
-    contrastive (the blog's claim), from the verification run's stolen copies."""
-    src = "benchmarks/results/verify_real_cpu.json"
-    d = load("verify_real_cpu.json")
+    contrastive (the blog's claim), from the attack-comparison run (benchmarks/attack_comparison_real_cpu.sh)."""
+    src = "benchmarks/results/attack_comparison_real_cpu.json"
+    d = load("attack_comparison_real_cpu.json")
     sets = ["gtsrb", "mnist"]
     kind = {"stolenencoder": "ℓ2 + augmentation term", "stolenencoder-wo-aug": "ℓ2", "cont-steal": "contrastive (NT-Xent)",
             "steal-infonce": "contrastive (InfoNCE)", "steal-softnn": "contrastive (Soft-NN)", "steal-mse": "MSE",
@@ -443,7 +443,8 @@ def watermark() -> str:
     rows = [["shared victim", *(pct(acc_b[s]) for s in sets)], ["watermarked victim", *(pct(acc_a[s]) for s in sets)],
             ["**cost to honest users (points)**", *(f"**{100 * (acc_b[s] - acc_a[s]):+.2f}**" for s in sets)]]
     lines = md_table(head, rows)
-    lines += ["", f"`{before}` against `{after}`, the same training subset, test split and probe seed for both. {probe_note(ta)} "
+    lines += ["", f"`{before}` against `{after}`, the same training subset, test split and probe seed for both. "
+              f"{probe_note({'probe': {'kind': ta['probe']}, 'probe_resolved': ta['probe_resolved']})} "
               + run_line(ta, src_ta), ""]
     sa = {f"{r['label']}, {r['queries']:,} queries": r["downstream"]["gtsrb"]["SA"] for r in steal["rows"]}
     unmarked = load("verify_real_cpu.json", required=False)  # copies of the victim before the watermark
@@ -452,7 +453,11 @@ def watermark() -> str:
              "stolen-unmarked": "copy of the unmarked victim", "independent": "independent"}
     head = ["suspect", "kind", "#queries", "GTSRB SA", "watermark accuracy", "p (per-image Wilcoxon)", "p (binomial)", "verdict"]
     rows = []
-    for r in wm["rows"]:
+    order = list(kinds)
+    for r in sorted(wm["rows"], key=lambda r: order.index(r["kind"]) if r["kind"] in order else len(order)):
+        if r["accuracy"] is None:
+            rows.append([_suspect_label(r["suspect"]), kinds.get(r["kind"], r["kind"]), "—", "—", "—", "—", "—", r["verdict"]])
+            continue
         q = f"{r['queries']:,}" if r["kind"].startswith("stolen") and r.get("queries") is not None else "—"
         verdict = "**watermark**" if r["significant"] else "no watermark"
         label = r["suspect"].removesuffix(UNMARKED)

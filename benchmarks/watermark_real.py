@@ -61,11 +61,18 @@ def main() -> None:
     for label, spec, made in suspects:
         t0 = time.perf_counter()
         model, about = load_suspect(spec)
-        r = watermark_accuracy(model, head, images, alpha=args.alpha, seed=args.seed)
         row = {"suspect": label, "kind": kinds.get(label, "unknown"), "made": made or about["made"], "queries": about["queries"],
-               "checkpoint": spec, **r.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+               "checkpoint": spec}
+        width = getattr(getattr(model, "spec", None), "feature_dim", None)
+        if width is not None and width != head[0].in_features:  # the head cannot read it: not a copy of the victim as is
+            row.update(accuracy=None, p_value=None, p_binomial=None, significant=False,
+                       verdict=f"not readable: {width}-d features, the head reads {head[0].in_features}-d")
+        else:
+            row.update(watermark_accuracy(model, head, images, alpha=args.alpha, seed=args.seed).to_dict())
+        row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        print(f"{label:55s} acc {r.accuracy:.3f}  p {r.p_value:.3g}  {r.verdict}", flush=True)
+        acc = "—" if row["accuracy"] is None else f"{row['accuracy']:.3f}  p {row['p_value']:.3g}"
+        print(f"{label:55s} acc {acc}  {row['verdict']}", flush=True)
     marked = [r for r in rows if r["kind"] in ("victim", "stolen")]
     indep = [r for r in rows if r["kind"] == "independent"]
     summary = {"detection_rate": sum(r["significant"] for r in marked) / len(marked) if marked else None,
