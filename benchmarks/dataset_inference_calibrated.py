@@ -48,14 +48,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dataset_inference_real import cached_reps, image_sets  # benchmarks/ (the script's own folder is on sys.path)
+from dataset_inference_real import add_protocol_args, cached_reps, image_sets  # benchmarks/ (the script's own folder is on sys.path)
 from stealkit.runtime import environment
 from stealkit.verify.calibrated_inference import calibrated_test, encoder_level_test, standardise
 from stealkit.verify.dataset_inference import fit_gmm, t_greater
@@ -133,12 +132,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000, help="private and public images scored (dataset_inference_real.py's max --sizes)")
     ap.add_argument("--views", choices=["crop", "none"], default="crop")
     ap.add_argument("--fast", action="store_true", help="bf16 autocast embedding (must match the cached run to reuse it)")
-    ap.add_argument("--components", type=int, default=20)
-    ap.add_argument("--covariance", default="diag")
-    ap.add_argument("--alpha", type=float, default=0.01)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-root", default=os.environ.get("STEALKIT_DATA"))
-    ap.add_argument("--cache", default=os.path.join(os.environ.get("STEALKIT_CACHE", ".cache/stealkit"), "di_reps"))
+    add_protocol_args(ap)
     ap.add_argument("--scores", default=None, help="also save every encoder's per-image z scores here (.npz)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

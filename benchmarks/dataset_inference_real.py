@@ -70,6 +70,17 @@ def cached_reps(label: str, spec: str, model, images: torch.Tensor, tag: str, ca
     return reps
 
 
+def add_protocol_args(ap: argparse.ArgumentParser) -> None:
+    """The released GMM's settings, the verdict level, the seed of the image draw, where the data and the
+    representation cache live: options every script on this protocol shares."""
+    ap.add_argument("--components", type=int, default=20)
+    ap.add_argument("--covariance", default="diag")
+    ap.add_argument("--alpha", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=os.environ.get("STEALKIT_DATA"))
+    ap.add_argument("--cache", default=os.path.join(os.environ.get("STEALKIT_CACHE", ".cache/stealkit"), "di_reps"))
+
+
 def image_sets(args, n: int):
     """The three disjoint image sets of the protocol, drawn once from args.seed: `args.fit` private images for the
     GMM, `n` other private and `n` public ones to score (one RandomResizedCrop view each with args.views == "crop",
@@ -129,12 +140,7 @@ def main() -> None:
                     help="other GMM settings (components:covariance) tried on the victim's representations, to show "
                          "whether any setting finds the signal the released one misses ('' skips)")
     ap.add_argument("--fast", action="store_true", help="embed with bf16 autocast where the CPU/GPU has it (runtime.bf16_enabled)")
-    ap.add_argument("--components", type=int, default=20)
-    ap.add_argument("--covariance", default="diag")
-    ap.add_argument("--alpha", type=float, default=0.01)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-root", default=os.environ.get("STEALKIT_DATA"))
-    ap.add_argument("--cache", default=os.path.join(os.environ.get("STEALKIT_CACHE", ".cache/stealkit"), "di_reps"))
+    add_protocol_args(ap)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     t_start = time.perf_counter()

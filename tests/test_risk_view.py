@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -20,7 +19,7 @@ from stealkit.defences.coverage import SCHEMA, UPSERT_META, CoverageDefence, rea
 from stealkit.models.checkpoint import save_encoder
 from stealkit.models.encoder import build_encoder, embed
 from stealkit.service.ledger import Ledger
-from stealkit.service.testing import BACKENDS, ServeProcess, ledger_url
+from stealkit.service.testing import BACKENDS, ServeProcess, ledger_url, post_raw as post
 
 run = CliRunner().invoke
 
@@ -92,13 +91,6 @@ def metric(text: str, name: str, account: str) -> float:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name}{{account={account!r}}} not in the metrics")
 
-
-def post(client, key, x: torch.Tensor) -> torch.Tensor:
-    r = client.post("/v1/embeddings", content=x.numpy().tobytes(), headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream", "X-Array-Shape": ",".join(map(str, x.shape)),
-        "Accept": "application/octet-stream"})
-    assert r.status_code == 200, r.text
-    return torch.from_numpy(np.frombuffer(r.content, "<f4").reshape(len(x), -1).copy())
 
 
 def test_only_the_thief_is_flagged_through_a_real_server_and_metrics_agree(tmp_path, ledger):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 
 import httpx
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ from stealkit.models.encoder import build_encoder, embed
 from stealkit.service import Ledger, ServiceSettings, create_app
 from stealkit.service.background import serve_in_thread
 from stealkit.service.invariance import batching_mode
+from stealkit.service.testing import post_raw as post
 from stealkit.targets.answers import api_answers
 
 
@@ -29,13 +29,6 @@ def encoder():
 def imgs(n, seed):
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
-
-def post(client, key, x: torch.Tensor):
-    r = client.post("/v1/embeddings", content=x.numpy().tobytes(), headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream", "X-Array-Shape": ",".join(map(str, x.shape)),
-        "Accept": "application/octet-stream"})
-    assert r.status_code == 200, r.text
-    return torch.from_numpy(np.frombuffer(r.content, "<f4").reshape(len(x), -1).copy())
 
 
 def concurrently(url, jobs):

@@ -143,3 +143,16 @@ class ServeProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def post_raw(client: httpx.Client, key: str, images):
+    """POST uint8 images N×C×H×W to /v1/embeddings as a raw octet-stream body -> the answers, float32 N×D (a
+    torch tensor); asserts a 200."""
+    import numpy as np
+    import torch
+
+    r = client.post("/v1/embeddings", content=images.numpy().tobytes(), headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream",
+        "X-Array-Shape": ",".join(map(str, images.shape)), "Accept": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    return torch.from_numpy(np.frombuffer(r.content, "<f4").reshape(len(images), -1).copy())
