@@ -46,7 +46,7 @@ python benchmarks/watermark_real.py --victim "$WM" \
 WM10=runs/victims/cifar10_simclr_resnet18_wm_p10
 [ -f "$WM10.safetensors" ] || stealkit verify embed-watermark --victim "$VICTIM" --data cifar10:train --limit 10000 --epochs 7 \
   --batch-size 128 --lr 2e-4 --head-lr 1e-3 --no-contrastive --preserve 10 --out "$WM10"
-stealkit evaluate "$WM10" -d gtsrb -d mnist --train-limit 10000 --out benchmarks/results/watermark_ta_p10_cpu.json
+stealkit evaluate "$VICTIM" "$WM10" -d gtsrb -d mnist --train-limit 10000 --out benchmarks/results/watermark_ta_p10_cpu.json
 python benchmarks/watermark_real.py --victim "$WM10" --suspect "watermarked victim (preserve 10)=$WM10" \
   --kind "watermarked victim (preserve 10)=victim" --suspect "victim before the watermark=$VICTIM" \
   --kind "victim before the watermark=unmarked" --out benchmarks/results/watermark_p10_cpu.json
