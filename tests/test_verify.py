@@ -248,6 +248,16 @@ def test_watermark_checkpoint_round_trip_and_cli(watermarked, tmp_path, monkeypa
     api = dataset_inference(load_encoder(weights), load_encoder(tmp_path / "indep.safetensors"), priv, pub, n_components=3)
     assert out["p_value"] == pytest.approx(api.p_value, rel=1e-9) and out["mean_ll_train"] == pytest.approx(api.mean_ll_train, rel=1e-9)
     assert out["stolen"] is False and out["verdict"].startswith("independent")  # an untrained encoder is not a copy (measured p = 0.28)
+    # the one-command verdict with the watermark alone: one test, alpha not split, the p of the Python API on the
+    # same public images (the CLI's first --watermark-limit of its public subset)
+    r = runner.invoke(app, ["verify", "--victim", str(weights), "--suspect", str(weights), "--private", "digits:train", "--public",
+                            "digits:test", "--private-limit", "50", "--public-limit", "100", "--watermark-limit", "60",
+                            "--test", "watermark", "--size", str(SIZE), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert list(rep["tests"]) == ["watermark"] and rep["threshold"] == pytest.approx(0.01)
+    own = watermark_accuracy(load_encoder(weights), loaded, pub[:60], alpha=0.01)
+    assert rep["tests"]["watermark"]["p_value"] == pytest.approx(own.p_value, rel=1e-9) and rep["stolen"] is True
 
 
 def test_watermark_p_value_counts_images_not_predictions():
@@ -352,7 +362,9 @@ def test_verify_command_user_errors_are_one_line(tmp_path, monkeypatch):
         ("--victim", str(tmp_path / "enc"), "--suspect", str(tmp_path / "enc"), "--private", "nosuchset:train", "--public", "digits:test"):
             "stealkit verify:",
         ("--victim", str(tmp_path / "enc"), "--suspect", str(tmp_path / "enc"), "--private", "digits:train", "--public", "digits:test",
-         "--test", "gmm"): "choose dataset-inference or alignment",
+         "--test", "gmm"): "choose dataset-inference, alignment or watermark",
+        ("--victim", str(tmp_path / "enc"), "--suspect", str(tmp_path / "enc"), "--private", "digits:train", "--public", "digits:test",
+         "--test", "watermark"): "the victim carries no watermark",
     }
     for args, message in cases.items():
         r = CliRunner().invoke(app, ["verify", *args])

@@ -60,8 +60,8 @@ def verify_cmd(
     alpha: float = typer.Option(0.01, help="the chance of a false accusation the verdict allows (split over the tests)"),
     price_per_1000: Optional[float] = typer.Option(None, help="the suspect API's price per 1,000 images, to report the cost"),
     max_queries: Optional[int] = typer.Option(None, min=1, help="refuse to start when an API suspect would be sent more images"),
-    only: Optional[list[str]] = typer.Option(None, "--test", help="run only these: dataset-inference, alignment (repeatable; "
-                                             "the watermark runs whenever the victim carries one)"),
+    only: Optional[list[str]] = typer.Option(None, "--test", help="run only these: dataset-inference, alignment, watermark "
+                                             "(repeatable; default: all, the watermark where the victim carries one)"),
     api_key_env: str = typer.Option("STEALKIT_API_KEY", help="env var holding the suspect API's key (URL suspects)"),
     size: int = typer.Option(32, help="image side the private/public sets are loaded at (the encoders resize)"),
     fast: bool = typer.Option(False, "--fast", help="embed a checkpoint suspect with bf16 autocast where the CPU/GPU has it "
@@ -90,20 +90,23 @@ def verify_cmd(
         fail(f"stealkit verify needs {', '.join(missing)} (or a subcommand: dataset-inference, watermark, embed-watermark)")
     if not 0 < alpha < 1:
         fail(f"--alpha {alpha}: give a probability between 0 and 1, e.g. 0.01")
-    names = {"dataset-inference": "dataset_inference", "alignment": "alignment"}
+    names = {"dataset-inference": "dataset_inference", "alignment": "alignment", "watermark": None}
     bad = [t for t in (only or []) if t not in names]
     if bad:
-        fail(f"--test {bad[0]!r}: choose dataset-inference or alignment")
-    tests = tuple(names[t] for t in only) if only else ("dataset_inference", "alignment")
+        fail(f"--test {bad[0]!r}: choose dataset-inference, alignment or watermark")
+    tests = tuple(names[t] for t in only if names[t]) if only else ("dataset_inference", "alignment")
+    use_watermark = not only or "watermark" in only
     remote = suspect.startswith(("http://", "https://"))
     for label, path in (("victim", str(victim)), ("suspect", None if remote else suspect)):
         if path is not None and not weights_path(path).exists():
             fail(f"--{label} {path}: no checkpoint there ({weights_path(path)} is missing); give a path written by stealkit import/steal/pretrain")
     head = head_path(victim)  # the victim's only role here: its watermark head (dataset inference fits on the suspect)
+    if only and "watermark" in only and not head.exists():
+        fail(f"--test watermark: the victim carries no watermark ({head} is missing); embed one with stealkit verify embed-watermark")
     try:
         priv = _images(private, private_limit, seed, data_root, size)
         pub = _images(public, public_limit, seed + 1, data_root, size)
-        wm = dict(watermark_head=load_watermark_head(head), watermark_images=pub[:watermark_limit]) if head.exists() else {}
+        wm = dict(watermark_head=load_watermark_head(head), watermark_images=pub[:watermark_limit]) if head.exists() and use_watermark else {}
         planned = planned_queries(len(priv), len(pub), align_views if "alignment" in tests else 0,
                                   len(wm.get("watermark_images", [])), "dataset_inference" in tests)
         if remote:
