@@ -6,12 +6,8 @@
 # #queries, a line per attack); python benchmarks/readme_tables.py renders the README's table from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${SHARED:-../shared}"
-export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
+. benchmarks/real_victim.sh  # SHARED, STEALKIT_DATA, VICTIM (imported the first time)
 RUN="${RUN:-runs/attack_comparison_real_cpu}"
-VICTIM=runs/victims/cifar10_simclr_resnet18
-[ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
-  --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
 bash benchmarks/serve_and_run.sh "$VICTIM" configs/attack_comparison_real_cpu.yaml "$RUN" 8766 ${EXTRA:-}
 cp "$RUN/results.json" benchmarks/results/attack_comparison_real_cpu.json
 mkdir -p docs/img && cp "$RUN/plot.png" docs/img/attack_comparison_real_cpu.png

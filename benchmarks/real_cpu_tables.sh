@@ -11,11 +11,7 @@
 #                     # runs/<name>_mlp_raw and benchmarks/results/<name>.mlp_raw.json: old probe vs new, same encoders
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${SHARED:-../shared}"
-export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
-VICTIM=runs/victims/cifar10_simclr_resnet18
-[ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
-  --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
+. benchmarks/real_victim.sh  # SHARED, STEALKIT_DATA, VICTIM (imported the first time)
 mkdir -p benchmarks/results
 for cfg in ${ONLY:-table10_real_cpu table2_real_cpu defences_real_cpu}; do
   stealkit run "configs/$cfg.yaml" --run-dir "runs/$cfg" ${EXTRA:-}

@@ -8,14 +8,10 @@
 # Writes benchmarks/results/verify_real_cpu.json (the steal rows) and dataset_inference_real_cpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${SHARED:-../shared}"
-export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
+. benchmarks/real_victim.sh  # SHARED, STEALKIT_DATA, VICTIM (imported the first time)
 RUN="${RUN:-runs/verify_real_cpu}"
 PORT=8766
-VICTIM=runs/victims/cifar10_simclr_resnet18
 mkdir -p "$RUN" runs/independent
-[ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
-  --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
 bash benchmarks/serve_and_run.sh "$VICTIM" configs/verify_real_cpu.yaml "$RUN" $PORT ${EXTRA:-}
 cp "$RUN/results.json" benchmarks/results/verify_real_cpu.json
 

@@ -14,15 +14,11 @@
 # Writes benchmarks/results/watermark_ta_cpu.json, watermark_steal_cpu.json and watermark_real_cpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${SHARED:-../shared}"
-export STEALKIT_DATA="${STEALKIT_DATA:-$SHARED/data}"
+. benchmarks/real_victim.sh  # SHARED, STEALKIT_DATA, VICTIM (imported the first time)
 RUN="${RUN:-runs/watermark_real_cpu}"
 PORT=8767
-VICTIM=runs/victims/cifar10_simclr_resnet18
 WM=runs/victims/cifar10_simclr_resnet18_wm
 mkdir -p "$RUN"
-[ -f "$VICTIM.safetensors" ] || stealkit import "$SHARED/victims/cifar10_simclr_resnet18" --arch resnet18 --cifar-stem \
-  --mean cifar10 --std cifar10 --trained-on cifar10:train --dataset-size 50000 --out "$VICTIM"
 [ -f "$WM.safetensors" ] || stealkit verify embed-watermark --victim "$VICTIM" --data cifar10:train --limit 10000 --epochs 7 \
   --batch-size 128 --lr 2e-4 --head-lr 1e-3 --no-contrastive --preserve 1 --out "$WM"
 [ "${TA:-1}" = 1 ] && stealkit evaluate "$VICTIM" "$WM" -d gtsrb -d mnist --train-limit 10000 --out benchmarks/results/watermark_ta_cpu.json
