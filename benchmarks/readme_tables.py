@@ -295,6 +295,11 @@ def quickstart() -> str:
     return "\n".join(lines)
 
 
+def k_of_n(rate: float | None, n: int) -> str:
+    """A rate over n suspects as the count it came from: 0.2, 5 -> '1/5' (None -> '—')."""
+    return "—" if rate is None else f"{round(rate * n)}/{n}"
+
+
 def _p(x: float) -> str:
     return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
 
@@ -330,14 +335,13 @@ def dataset_inference() -> str:
     n_ind = sm["n_independent"]
     n_al = (d["rows"][0].get("alignment") or {}).get("n", 0)
     view = "one RandomResizedCrop view each" if a["views"] == "crop" else "the images as they are"
-    fp_a = "—" if sm["false_positive_rate_alignment"] is None else f"{round(sm['false_positive_rate_alignment'] * n_ind)}/{n_ind}"
     lines = md_table(head, rows)
     lines += ["", f"GMM: {a['components']} components ({a['covariance']} covariance) fitted on the suspect's representations of "
               f"{a['fit']:,} private images ({view}), then {max(a['sizes']):,} other private vs {max(a['sizes']):,} public "
               f"images, one-sided Student t-test (the released protocol). View alignment: {a['align_views']} views "
               f"(crop+flip+jitter+gray) of {n_al:,} private and {n_al:,} public images. Verdict at p < {a['alpha']}. "
-              f"False positives over the {n_ind} independent encoders: GMM {round(sm['false_positive_rate_gmm'] * n_ind)}/{n_ind}, "
-              f"alignment {fp_a}. Wall {d['wall_seconds'] / 60:.1f} min, {machine(d)}, seed {a['seed']}. Source: `{src}`."]
+              f"False positives over the {n_ind} independent encoders: GMM {k_of_n(sm['false_positive_rate_gmm'], n_ind)}, "
+              f"alignment {k_of_n(sm['false_positive_rate_alignment'], n_ind)}. Wall {d['wall_seconds'] / 60:.1f} min, {machine(d)}, seed {a['seed']}. Source: `{src}`."]
     return "\n".join(lines)
 
 
@@ -412,9 +416,8 @@ def dataset_inference_calibrated() -> str:
         rows.append([_suspect_label(r["label"]), r["kind"], f"{e['d']:+.3f} ± {e['se']:.3f}", *cells,
                      _p(again["released"]["p_value"]) if again else "—"])
     sm = d["summary"]
-    rate = lambda key, k: f"{round(sm[key][k] * sm['n_independent' if key == 'false_positive_rate' else 'n_victim_or_stolen'])}"  # noqa: E731
-    fp = ", ".join(f"{name.split(':')[0]} {rate('false_positive_rate', k)}/{sm['n_independent']}" for k, name in variants)
-    tp = ", ".join(f"{name.split(':')[0]} {rate('true_positive_rate', k)}/{sm['n_victim_or_stolen']}" for k, name in variants)
+    fp = ", ".join(f"{name.split(':')[0]} {k_of_n(sm['false_positive_rate'][k], sm['n_independent'])}" for k, name in variants)
+    tp = ", ".join(f"{name.split(':')[0]} {k_of_n(sm['true_positive_rate'][k], sm['n_victim_or_stolen'])}" for k, name in variants)
     a = d["args"]
     lines = md_table(head, rows)
     lines += ["", f"The released GMM ({a['components']} components, {a['covariance']}) fitted on each encoder's representations of "
@@ -467,9 +470,8 @@ def watermark() -> str:
     lines += md_table(head, rows)
     lines += ["", f"Watermark accuracy: the watermarked victim's fixed head on each suspect's representations of {wm['images']:,} "
               f"CIFAR-10 test images, each rotated once by an angle in (0°, 180°) and once in (180°, 360°) (chance 50%). "
-              f"Verdict at p < {wm['args']['alpha']} (per-image Wilcoxon). Detected: {round(sm['detection_rate'] * sm['n_marked'])}/"
-              f"{sm['n_marked']} of the watermarked victim and its copies; false positives: "
-              f"{round(sm['false_positive_rate'] * sm['n_independent'])}/{sm['n_independent']} independent encoders. GTSRB SA "
+              f"Verdict at p < {wm['args']['alpha']} (per-image Wilcoxon). Detected: {k_of_n(sm['detection_rate'], sm['n_marked'])} of the watermarked victim and its copies; false positives: "
+              f"{k_of_n(sm['false_positive_rate'], sm['n_independent'])} independent encoders. GTSRB SA "
               f"of the copies from `{src_steal}` (2,000 train / 1,000 test, the released probe). Wall {wm['wall_seconds'] / 60:.1f} min, "
               f"{machine(wm)}, seed {wm['args']['seed']}. Source: `{src_wm}`."]
     return "\n".join(lines)
