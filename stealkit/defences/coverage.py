@@ -83,6 +83,7 @@ from pydantic import Field, model_validator
 from stealkit.defences.base import Defence, DefenceConfig, register_defence
 from stealkit.runtime import derived_seed
 from stealkit.db import Database
+from stealkit.defences.coverage_rate import load_reference, reference_coverage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS b4b_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,7 +93,7 @@ CREATE TABLE IF NOT EXISTS b4b_buckets (
 ){without_rowid}
 """
 UPSERT_META = "INSERT INTO b4b_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-CURVES = ("exp", "linear", "none")
+CURVES = ("exp", "linear", "ramp", "none")
 TRANSFORMS = ("affine", "rotation", "shuffle", "none",
               "b4b-affine", "b4b-shuffle-pad", "b4b-affine-shuffle-pad", "b4b-binary", "b4b-sybil-map")
 STEALKIT = {"num_tables": 1, "num_planes": 12, "coverage_unit": "fraction", "curve": "exp", "alpha": 1.0, "beta": 0.5,
@@ -102,13 +103,17 @@ B4B_RELEASED = {"num_tables": 20, "num_planes": 12, "coverage_unit": "percent", 
 PRESETS = {"stealkit": STEALKIT, "b4b-released": B4B_RELEASED}
 
 
-def noise_curve(coverage: np.ndarray | float, curve: str = "exp", alpha: float = 1.0, beta: float = 0.5, lam: float = 0.01):
-    """σ as a function of the coverage c (in the curve's unit: a fraction, or percent for B4B). Vectorised."""
+def noise_curve(coverage: np.ndarray | float, curve: str = "exp", alpha: float = 1.0, beta: float = 0.5, lam: float = 0.01,
+                onset: float = 0.0):
+    """σ as a function of the coverage c (in the curve's unit: a fraction, or percent for B4B; or the coverage
+    rate, see `rate_reference`). Vectorised."""
     c = np.asarray(coverage, dtype=np.float64)
     if curve == "exp":
         return np.maximum(lam * (np.power(alpha / lam, c / beta) - 1.0), 0.0)
     if curve == "linear":
         return alpha * c / beta
+    if curve == "ramp":
+        return alpha * np.clip((c - onset) / (beta - onset), 0.0, 1.0)
     if curve == "none":
         return np.zeros_like(c)
     raise ValueError(f"unknown noise curve {curve!r}; choose from {CURVES}")
@@ -165,10 +170,12 @@ class CoverageConfig(DefenceConfig):
     num_planes: int = Field(12, ge=1, le=40)  # 2^num_planes buckets per table
     db_path: str = ":memory:"  # where per-account state lives (a SQLite path, ":memory:", or a database URL)
     coverage_unit: Literal["fraction", "percent"] = "fraction"  # what the curve's c (and β) are in
-    curve: Literal["exp", "linear", "none"] = "exp"
+    curve: Literal["exp", "linear", "ramp", "none"] = "exp"
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(0.5, gt=0)
     lam: float = Field(0.01, ge=0)
+    onset: float = Field(0.0, ge=0)  # "ramp": where σ starts to rise (it reaches alpha at beta)
+    rate_reference: str | None = None  # a coverage-rate calibration JSON (see the module doc); None: raw coverage
     relative: bool = True  # σ in units of the answer's RMS entry (else absolute)
     noise_per: Literal["query", "batch"] = "query"  # one σ per answer, or one per call (B4B)
     noise_seed: Literal["stream", "input", "bucket"] = "stream"  # fresh per call (B4B); fixed per (account, input | LSH cell)
@@ -192,6 +199,8 @@ class CoverageConfig(DefenceConfig):
     def _curve(self):
         if self.curve == "exp" and not (self.alpha > self.lam > 0):
             raise ValueError(f"the exp curve needs alpha > lam > 0, got alpha={self.alpha}, lam={self.lam}")
+        if self.curve == "ramp" and not self.beta > self.onset:
+            raise ValueError(f"the ramp curve needs beta > onset, got beta={self.beta}, onset={self.onset}")
         return self
 
 
@@ -207,6 +216,8 @@ class CoverageDefence(Defence):
         out = super().identity()
         out.pop("db_path", None)
         out["secret"] = hashlib.sha256(self.config.secret.encode()).hexdigest()[:16]
+        if self.rate_ref is not None:
+            out["rate_reference"] = self.rate_ref["sha256"]  # what it holds, not where it lies
         return out
 
     def setup(self) -> None:
@@ -216,6 +227,8 @@ class CoverageDefence(Defence):
         self.coverage_scale = 100.0 if c.coverage_unit == "percent" else 1.0
         self.noise_per, self.noise_seed, self.transform_kind, self.bias_scale = c.noise_per, c.noise_seed, c.transform, float(c.bias_scale)
         self.secret, self.seed = str(c.secret), int(c.seed)
+        self.onset = float(c.onset)
+        self.rate_ref = load_reference(c.rate_reference, self.num_tables, self.num_planes, self.seed) if c.rate_reference else None
         self.db_path = str(c.db_path)
         self._db = Database.open(self.db_path)
         self._db.create(SCHEMA)
@@ -302,14 +315,26 @@ class CoverageDefence(Defence):
             row = tx.execute("SELECT queries FROM b4b_accounts WHERE account = ?", (account,)).fetchone()
             per_table = _hits_per_table(tx, self.num_planes, self.num_tables, account).get(account, np.zeros(self.num_tables, dtype=np.int64))
         out = _account_stats(row[0] if row else 0, per_table, self.num_planes)
-        return {**out, "sigma": float(self.sigma(out["coverage"]))}
+        extra = {"rate": float(self.rate(out["coverage"], out["queries"]))} if self.rate_ref is not None else {}
+        return {**out, **extra, "sigma": float(self.sigma(out["coverage"], out["queries"]))}
 
     def coverage(self, account: str) -> float:
         return self.stats(account)["coverage"]
 
-    def sigma(self, coverage):
-        """σ for a coverage given as a fraction (scaled to the curve's unit here). Vectorised."""
-        return noise_curve(np.asarray(coverage, dtype=np.float64) * self.coverage_scale, self.curve, self.alpha, self.beta, self.lam)
+    def rate(self, coverage, queries):
+        """Coverage (a fraction) after `queries` queries / the reference sweep's coverage after as many. Vectorised."""
+        return np.asarray(coverage, dtype=np.float64) / reference_coverage(self.rate_ref, queries, self.num_planes)
+
+    def sigma(self, coverage, queries=None):
+        """σ for a coverage given as a fraction (scaled to the curve's unit here), or, with a rate reference, for
+        the coverage rate after `queries` queries. Vectorised."""
+        if self.rate_ref is not None:
+            if queries is None:
+                raise ValueError("a coverage-rate defence needs the number of queries behind each coverage")
+            x = self.rate(coverage, queries)
+        else:
+            x = np.asarray(coverage, dtype=np.float64) * self.coverage_scale
+        return noise_curve(x, self.curve, self.alpha, self.beta, self.lam, self.onset)
 
     def _account_transform(self, account: str, dim: int):
         """The account's map (a function N×D -> N×D'), or None; drawn once from sha256(secret, account)."""
@@ -392,9 +417,10 @@ class CoverageDefence(Defence):
                 counts[i] = per_table
             tx.executemany("INSERT INTO b4b_buckets (account, bucket) VALUES (?, ?) ON CONFLICT DO NOTHING", new)
         cov = self._coverage(counts)  # after each query
+        done = before + np.arange(1, n + 1)  # the account's queries after each one
         if self.noise_per == "batch":
-            cov = np.full(n, cov[-1])  # one σ for the call, from the coverage after all of it
-        sig = torch.from_numpy(self.sigma(cov)).float()[:, None]
+            cov, done = np.full(n, cov[-1]), np.full(n, done[-1])  # one σ for the call, from the state after all of it
+        sig = torch.from_numpy(self.sigma(cov, done)).float()[:, None]
         f = features.detach().float().cpu()
         if self.relative:
             sig = sig * f.norm(dim=1, keepdim=True) / math.sqrt(f.shape[1])

@@ -1,0 +1,81 @@
+"""What an adaptive thief does to the answers before training on them (issue "A defence that spares honest
+users"; the adaptive attackers of B4B, Dubiński et al., NeurIPS 2023, arXiv:2310.08571, Section 5, and of
+StolenEncoder's poisoning, Liu et al., CCS 2022, arXiv:2201.05889, Section VII):
+
+- `AveragingTarget`: ask every image `repeats` times, each through its own Target (e.g. one RemoteTarget per
+  repeat, each with its own answer cache, so a resumed run never pays a repeat twice), and return the mean.
+  Against noise drawn afresh per call this divides the noise's std by √repeats; it bills repeats·N queries.
+- `NormalisingTarget`: L2-normalise every answer (against a defence that changes the answer's length).
+- `OfflineTarget`: the answers were paid for and cached earlier; asking it anything is a bug.
+
+Shapes: images uint8 N×3×H×W -> float32 N×D.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stealkit.targets.base import BudgetExceeded, Target
+
+
+class AveragingTarget(Target):
+    """The mean answer over `targets` (one per repeat); billed: what every repeat billed."""
+
+    def __init__(self, targets: list[Target], budget: int | None = None):
+        if not targets:
+            raise ValueError("AveragingTarget needs at least one target (one per repeat)")
+        super().__init__(budget)
+        self.targets = list(targets)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.targets[0].feature_dim
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        if self.budget is not None and self.queries + len(images) * len(self.targets) > self.budget:
+            raise BudgetExceeded(f"{len(images)} images × {len(self.targets)} repeats would pass the budget of {self.budget} "
+                                 f"({self.queries} spent); nothing was asked")
+        before = sum(t.queries for t in self.targets)
+        out = torch.stack([t.embed(images).float() for t in self.targets]).mean(0)
+        self.queries += sum(t.queries for t in self.targets) - before
+        return out
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - embed is overridden
+        raise NotImplementedError
+
+
+class NormalisingTarget(Target):
+    """`target`'s answers, each divided by its L2 norm; billed as `target` bills."""
+
+    def __init__(self, target: Target):
+        super().__init__(None)
+        self.target = target
+
+    @property
+    def feature_dim(self) -> int:
+        return self.target.feature_dim
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        before = self.target.queries
+        out = F.normalize(self.target.embed(images).float(), dim=1)
+        self.queries += self.target.queries - before
+        return out
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - embed is overridden
+        raise NotImplementedError
+
+
+class OfflineTarget(Target):
+    """Stands in for a target whose answers are already cached (the API may be down): only its width is known."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__(None)
+        self._dim = feature_dim
+
+    @property
+    def feature_dim(self) -> int:
+        return self._dim
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"OfflineTarget asked for {len(images)} answers: they should have been cached before the API went away")

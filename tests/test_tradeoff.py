@@ -1,0 +1,85 @@
+"""The trade-off's reading (Pareto frontier, queries to reach a target SA, the goal's bar) against hand-worked
+cases, and the adaptive thieves' targets (averaging, re-normalising, offline) against direct computation."""
+
+import pytest
+import torch
+
+from stealkit.experiment.tradeoff import goal_check, pareto_front, queries_to_reach
+from stealkit.targets.adaptive import AveragingTarget, NormalisingTarget, OfflineTarget
+from stealkit.targets.base import BudgetExceeded, Target
+
+
+def test_pareto_front_by_hand():
+    # (TA-honest, SA): a undefended, b strictly better than c on both axes, d the most protective, e dominated by a
+    pts = [(64.0, 58.0), (63.5, 20.0), (60.0, 25.0), (40.0, 10.0), (63.0, 60.0)]
+    assert pareto_front(pts) == [3, 1, 0]  # by increasing SA: d, b, a; c (by b) and e (by a) dominated
+
+
+def test_pareto_front_keeps_ties_and_single_points():
+    assert pareto_front([(50.0, 10.0), (50.0, 10.0)]) == [0, 1]
+    assert pareto_front([(1.0, 2.0)]) == [0]
+    assert pareto_front([(50.0, 10.0), (50.0, 12.0)]) == [0]  # equal TA, higher SA: dominated
+
+
+def test_queries_to_reach_interpolates_between_budgets():
+    # SA 30 at 1,000 and 50 at 2,500; target 40 lies halfway: 1,750 queries
+    assert queries_to_reach({1000: 30.0, 2500: 50.0}, 40.0) == (1750.0, "interpolated")
+    assert queries_to_reach({1000: 30.0, 2500: 50.0}, 50.0) == (2500.0, "measured")
+    assert queries_to_reach({1000: 45.0, 2500: 50.0}, 40.0) == (1000.0, "at most")
+    assert queries_to_reach({1000: 30.0, 2500: 35.0}, 40.0) == (None, "not reached")
+    # three budgets: the first bracket that reaches it counts
+    assert queries_to_reach({500: 10.0, 1000: 20.0, 3000: 60.0}, 40.0) == (2000.0, "interpolated")
+    with pytest.raises(ValueError):
+        queries_to_reach({}, 1.0)
+
+
+def test_goal_check_by_hand():
+    g = goal_check(ta_honest=63.0, ta_undefended=64.5, sa_worst=40.0, sa_baseline=25.0)
+    assert g["ta_loss"] == pytest.approx(1.5) and g["sa_gain"] == pytest.approx(15.0)
+    assert not g["met"] and g["ta_gap"] == pytest.approx(0.5) and g["sa_gap"] == pytest.approx(5.0)
+    g = goal_check(ta_honest=64.0, ta_undefended=64.5, sa_worst=34.0, sa_baseline=25.0)
+    assert g["met"] and g["ta_gap"] == 0.0 and g["sa_gap"] == 0.0
+
+
+class Noisy(Target):
+    """Answers x·1 + noise of a fixed seed per call count: a defence that draws fresh noise per call."""
+
+    def __init__(self, seed):
+        super().__init__(None)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @property
+    def feature_dim(self):
+        return 4
+
+    def _embed(self, images):
+        base = images.float().mean((2, 3)).repeat(1, 2)[:, :4]
+        return base + torch.randn(base.shape, generator=self.gen)
+
+
+def test_averaging_target_is_the_mean_of_its_repeats_and_bills_them_all():
+    imgs = torch.randint(0, 255, (5, 3, 4, 4), dtype=torch.uint8)
+    reps = [Noisy(s) for s in (1, 2, 3)]
+    twins = [Noisy(s) for s in (1, 2, 3)]
+    avg = AveragingTarget(reps).embed(imgs)
+    expected = torch.stack([t.embed(imgs) for t in twins]).mean(0)
+    assert torch.allclose(avg, expected)
+    t = AveragingTarget([Noisy(s) for s in (1, 2, 3)], budget=16)
+    t.embed(imgs)
+    assert t.queries == 15
+    with pytest.raises(BudgetExceeded):
+        t.embed(imgs[:1])  # 3 more would be 18 > 16
+    assert t.queries == 15
+
+
+def test_normalising_and_offline_targets():
+    imgs = torch.randint(1, 255, (3, 3, 4, 4), dtype=torch.uint8)
+    inner = Noisy(0)
+    out = NormalisingTarget(inner).embed(imgs)
+    assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-6)
+    ref = Noisy(0).embed(imgs)
+    assert torch.allclose(out, ref / ref.norm(dim=1, keepdim=True))
+    off = OfflineTarget(7)
+    assert off.feature_dim == 7
+    with pytest.raises(RuntimeError, match="cached"):
+        off.embed(imgs)
