@@ -477,10 +477,52 @@ def watermark() -> str:
     return "\n".join(lines)
 
 
+ROLE_NAMES = {"sybil": "sybil", "averaging": "averaging", "renormalise": "re-normalising"}
+
+
+def defence_tradeoff() -> str:
+    """Every defence through the served API (benchmarks/defence_tradeoff.py): TA-honest on the full GTSRB test
+    split, SA of the plain and adaptive thieves, what reaching the undefended SA costs, the goal's bar."""
+    src = "benchmarks/results/defence_tradeoff_real_cpu.json"
+    d = load("defence_tradeoff_real_cpu.json")
+    small, big = min(d["budgets"]), max(d["budgets"])
+    base = next(r for r in d["rows"] if not r["defence"])
+    ref = d["reference"]
+    head = ["defence setting", "TA-honest (loss)", f"SA, {small:,} / {big:,} queries", "adaptive thieves: SA (queries)",
+            "worst SA (over baseline)", f"queries to reach {d['undefended_SA_target']:.2f} SA ($)", "goal", "paper TA / SA"]
+    rows = []
+    for r in d["rows"]:
+        adaptive = [f"{ROLE_NAMES[k]} {v:.2f} ({r['queries'][k]:,})" for k, v in r["SA"].items() if k in ROLE_NAMES]
+        cost = r["cost_to_reach_undefended"]
+        if cost["queries"] is None:
+            reach = f"not within {big:,}"
+        else:
+            reach = f"{'≤ ' if cost['how'] == 'at most' else ''}{cost['queries']:,.0f} (${cost['dollars']:.2f})"
+        g = r["goal"]
+        goal = "**met**" if g["met"] else "gap " + ", ".join(
+            x for x in ([f"TA {g['ta_gap']:.2f} pt"] if g["ta_gap"] else []) + ([f"SA {g['sa_gap']:.2f} pt"] if g["sa_gap"] else []))
+        name = f"**{r['label']}**" if r["pareto"] else r["label"]
+        rows.append([name, f"{r['TA_honest']:.2f} ({g['ta_loss']:+.2f})",
+                     f"{r['SA'][f'thief-{small}']:.2f} / {r['SA'][f'thief-{big}']:.2f}", "; ".join(adaptive) or "—",
+                     f"{r['SA_worst']:.2f} ({g['sa_gain']:+.2f})", reach, goal, r.get("paper") or "—"])
+    lines = md_table(head, rows)
+    seeds = ref["TA_clean_normalised_by_seed"]
+    cfg = d["config"]
+    lines += ["", f"Bold: on the Pareto frontier (TA-honest against the worst thief's SA). TA-honest: the honest account's "
+              f"answers, {cfg['honest'].get('train_limit', 'all'):,} GTSRB training images and the full test split; the victim's own "
+              f"normalised features give {ref['TA_clean_mean']:.2f} ± {ref['TA_clean_std']:.2f} over {len(seeds)} probe seeds "
+              f"({', '.join(f'{v:.2f}' for v in seeds.values())}), the undefended row {base['TA_honest']:.2f}. SA: the stolen "
+              f"encoder's probe on the same training images and {cfg['sa_test_limit']:,} of the test images. Baseline: the "
+              f"pre-training encoder (no query) {ref['baseline_SA']:.2f}; goal: TA loss ≤ {cfg['goal']['max_ta_loss']:g} and "
+              f"worst SA ≤ baseline + {cfg['goal']['max_sa_gain']:g}. Price ${cfg['price_per_1000']:g} per 1,000 queries. "
+              + probe_note(d) + " " + run_line(d, src)]
+    return "\n".join(lines)
+
+
 BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, "table2": table2, "defences": defences, "table11": table11,
           "speed": speed, "serving": serving, "dataset_inference": dataset_inference,
           "dataset_inference_curve": dataset_inference_curve, "attack_comparison": attack_comparison, "watermark": watermark,
-          "dataset_inference_calibrated": dataset_inference_calibrated}
+          "dataset_inference_calibrated": dataset_inference_calibrated, "defence_tradeoff": defence_tradeoff}
 PATTERN = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)
 
 
