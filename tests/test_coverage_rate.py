@@ -68,6 +68,19 @@ def test_rate_defence_sigma_follows_the_accounts_unique_buckets(tmp_path):
     assert st["rate"] == pytest.approx(rate[-1]) and st["sigma"] == pytest.approx(sigma[-1])
 
 
+def test_the_operators_view_reads_the_same_rate_from_the_database(tmp_path):
+    from stealkit.db import Database
+    from stealkit.defences.coverage import read_coverage
+
+    ref, db = _reference_file(tmp_path), str(tmp_path / "state.sqlite")
+    d = CoverageDefence(db_path=db, num_tables=1, num_planes=6, curve="ramp", onset=0.5, beta=1.0, alpha=2.0,
+                        transform="none", rate_reference=str(ref))
+    d(torch.randn(30, 16, generator=torch.Generator().manual_seed(2)), account="a")
+    want = d.stats("a")["rate"]
+    d.close()
+    assert read_coverage(Database.open(db))["a"]["rate"] == pytest.approx(want)
+
+
 def test_rate_defence_spares_an_account_that_repeats_one_image(tmp_path):
     ref = _reference_file(tmp_path)
     d = CoverageDefence(num_tables=1, num_planes=6, curve="ramp", onset=0.5, beta=1.0, alpha=2.0, relative=True,

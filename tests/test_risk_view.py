@@ -132,3 +132,39 @@ def test_only_the_thief_is_flagged_through_a_real_server_and_metrics_agree(tmp_p
         assert metric(metrics, "stealkit_account_billed_queries", name) == rows[name]["billed"]
     assert rows["honest"]["coverage"] <= threshold / 2, (rows, threshold)  # a clear margin on both sides
     assert rows["thief"]["coverage"] >= 2 * threshold, (rows, threshold)
+
+
+def test_coverage_rate_read_from_the_database_and_flagged_by_rate(tmp_path):
+    """Hand state as above (2 tables of 3 planes) plus a stored reference c_ref(n) = n/16 on [1, 16]:
+    a: coverage 0.25 after 10 queries -> rate 0.25 / (10/16) = 0.4;  b: 0.5625 after 12 -> 0.5625 / 0.75 = 0.75.
+    Flagged by rate above 0.5: b only; by coverage above 0.2: both."""
+    url = str(tmp_path / "ledger.sqlite")
+    db = Database.open(url)
+    db.create(SCHEMA)
+    with db.transaction() as tx:
+        tx.execute(UPSERT_META, ("params", json.dumps({"num_planes": 3, "seed": 0, "feature_dim": 4, "num_tables": 2})))
+        tx.execute(UPSERT_META, ("rate_reference", json.dumps({"queries": [1, 16], "coverage": [1 / 16, 1.0]})))
+        tx.executemany("INSERT INTO b4b_accounts (account, queries) VALUES (?, ?)", [("a", 10), ("b", 12)])
+        tx.executemany("INSERT INTO b4b_buckets (account, bucket) VALUES (?, ?)",
+                       [("a", b) for b in (0, 1, 2, 8 + 5)] + [("b", b) for b in (7, *range(8, 16))])
+    got = read_coverage(db)
+    assert got["a"]["rate"] == pytest.approx(0.4) and got["b"]["rate"] == pytest.approx(0.75)
+    led = Ledger(url)
+    for name in ("a", "b"):
+        led.create_account(name)
+    r = run(cli, ["accounts", "--ledger", url, "--rate-threshold", "0.5", "--json"])
+    out = json.loads(r.stdout)
+    assert out["flagged"] == ["b"] and out["rate_threshold"] == 0.5
+    assert {x["account"]: round(x["rate"], 6) for x in out["accounts"]} == {"a": 0.4, "b": 0.75}
+    assert accounts_json(url, 0.2)["flagged"] == ["b", "a"]
+    text = run(cli, ["accounts", "--ledger", url, "--rate-threshold", "0.5"]).stdout
+    assert "rate" in text.splitlines()[0] and "coverage rate > 0.5" in text
+
+
+def test_rate_threshold_without_a_reference_is_a_one_line_error(tmp_path):
+    url = str(tmp_path / "ledger.sqlite")
+    d = CoverageDefence(db_path=url, num_planes=3, curve="none", transform="none")
+    d(torch.randn(4, 8), account="x")
+    d.close()
+    r = run(cli, ["accounts", "--ledger", url, "--rate-threshold", "0.5"])
+    assert r.exit_code != 0 and "rate_reference" in r.output and "Traceback" not in r.output

@@ -222,6 +222,10 @@ def accounts(
         DEFAULT_THRESHOLD, "--threshold", min=0.0, max=1.0,
         help="flag accounts whose coverage (fraction of LSH buckets hit) is above this; set it from what known-honest "
              "accounts reach on your encoder and hashing (the default, 0.05, is only a starting point)"),
+    rate_threshold: float = typer.Option(
+        None, "--rate-threshold", min=0.0,
+        help="flag by coverage rate instead (coverage / a reference sweep's after as many queries; needs a coverage "
+             "defence with rate_reference): e.g. the onset of its noise ramp"),
     as_json: bool = typer.Option(False, "--json", help="print JSON (threshold, flagged accounts, one object per account)"),
     fail_on_flag: bool = typer.Option(False, "--fail-on-flag", help="exit 3 when any account is flagged (for cron jobs)"),
 ):
@@ -232,10 +236,13 @@ def accounts(
     from stealkit.service.risk import account_risks, risk_json, risk_lines
 
     led = open_ledger(ledger, must_exist=True)
-    rows, measured = account_risks(led, threshold)
+    try:
+        rows, measured = account_risks(led, threshold, rate_threshold)
+    except ValueError as exc:
+        fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(risk_json(rows, measured, threshold), indent=2))
+        typer.echo(json.dumps(risk_json(rows, measured, threshold, rate_threshold), indent=2))
     else:
-        typer.echo("\n".join(risk_lines(rows, measured, threshold)))
+        typer.echo("\n".join(risk_lines(rows, measured, threshold, rate_threshold)))
     if fail_on_flag and any(r.flagged for r in rows):
         raise typer.Exit(code=3)

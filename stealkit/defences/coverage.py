@@ -11,7 +11,11 @@ Three parts, as in B4B:
 2. Calibrated noise: answers get Gaussian noise whose std grows with the account's coverage c:
        "exp" (B4B's curve):  σ(c) = λ·((α/λ)^(c/β) − 1)  = λ·(exp(ln(α/λ)·c/β) − 1), floored at 0
        "linear":             σ(c) = α·c/β
-       "none":               σ(c) = 0                     (transformations only)
+       "ramp":               σ(c) = α·clip((c − onset)/(β − onset), 0, 1)
+   "none":               σ(c) = 0                     (transformations only)
+   With `rate_reference` (stealkit's coverage rate, `stealkit.defences.coverage_rate`) the curve reads the
+   account's coverage divided by the coverage a reference sweep of the provider's own data reaches after as
+   many queries, instead of the coverage itself: an honest user with many queries is not mistaken for a thief.
    `noise_per: query`: each answer's σ comes from the coverage *after* that query (in order within a call);
    `noise_per: batch`: one σ for the whole call (one request), from the coverage after all of it (B4B).
    With `relative: true` σ is in units of the answer's RMS entry ‖f‖/√D, else absolute.
@@ -146,8 +150,8 @@ def _account_stats(queries: int, per_table: np.ndarray, num_planes: int) -> dict
 def read_coverage(db: Database) -> dict[str, dict] | None:
     """Every account's coverage state in `db` (a Database holding the b4b_ tables), read with the stored
     hashing parameters: {account: {"queries", "buckets" (hit, all tables), "coverage" (a fraction, averaged
-    over the tables)}}, sorted by account; {} when the defence has answered nobody yet; None when `db` holds
-    no coverage state."""
+    over the tables), and "rate" when the defence measures the coverage rate}}, sorted by account; {} when the
+    defence has answered nobody yet; None when `db` holds no coverage state."""
     with db.read() as tx:
         if not db.columns(tx, "b4b_accounts") or not db.columns(tx, "b4b_meta"):
             return None
@@ -159,7 +163,12 @@ def read_coverage(db: Database) -> dict[str, dict] | None:
         planes, tables = int(params["num_planes"]), int(params.get("num_tables", 1))
         hits = _hits_per_table(tx, planes, tables)
     zero = np.zeros(tables, dtype=np.int64)
-    return {a: _account_stats(queries.get(a, 0), hits.get(a, zero), planes) for a in sorted(set(queries) | set(hits))}
+    out = {a: _account_stats(queries.get(a, 0), hits.get(a, zero), planes) for a in sorted(set(queries) | set(hits))}
+    if "rate_reference" in meta:
+        ref = json.loads(meta["rate_reference"])
+        for s in out.values():
+            s["rate"] = float(s["coverage"] / reference_coverage(ref, s["queries"], planes)) if s["queries"] else 0.0
+    return out
 
 
 class CoverageConfig(DefenceConfig):
@@ -271,6 +280,8 @@ class CoverageDefence(Defence):
             self.planes = torch.randn(self.num_tables, self.feature_dim, self.num_planes, generator=g)
             with self._db.transaction() as tx:
                 tx.execute(UPSERT_META, ("params", json.dumps(self._params())))
+                if self.rate_ref is not None:  # so that the operator's view (read_coverage) can read rates too
+                    tx.execute(UPSERT_META, ("rate_reference", json.dumps({k: self.rate_ref[k] for k in ("queries", "coverage")})))
 
     def calibrate(self, features: torch.Tensor) -> None:
         """Centre the hyperplanes on the mean of the provider's own embeddings (N×D); persisted."""

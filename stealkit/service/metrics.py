@@ -22,7 +22,8 @@ ROUTES = ("/v1/embeddings", "/v1/usage", "/v1/model", "/v1/models", "/healthz", 
 class LedgerCollector:
     """stealkit_account_billed_queries{account}: images billed per account, from the ledger at scrape time;
     with coverage state in the ledger's database, stealkit_account_coverage{account} (the fraction of LSH
-    buckets hit, averaged over tables) and stealkit_account_coverage_buckets{account} (buckets hit)."""
+    buckets hit, averaged over tables) and stealkit_account_coverage_buckets{account} (buckets hit), and with a
+    coverage-rate defence stealkit_account_coverage_rate{account} (coverage / the reference sweep's)."""
 
     def __init__(self, ledger):
         self.ledger = ledger
@@ -38,11 +39,17 @@ class LedgerCollector:
         cov = GaugeMetricFamily("stealkit_account_coverage", "fraction of the coverage defence's LSH buckets each account's "
                                 "queries hit, averaged over tables (B4B)", labels=["account"])
         hit = GaugeMetricFamily("stealkit_account_coverage_buckets", "LSH buckets each account's queries hit (all tables)", labels=["account"])
+        rate = GaugeMetricFamily("stealkit_account_coverage_rate", "each account's coverage divided by the provider's reference "
+                                 "sweep's after as many queries", labels=["account"])
         for account, s in coverage.items():
             cov.add_metric([account], s["coverage"])
             hit.add_metric([account], s["buckets"])
+            if "rate" in s:
+                rate.add_metric([account], s["rate"])
         yield cov
         yield hit
+        if any("rate" in s for s in coverage.values()):
+            yield rate
 
 
 class Metrics:
