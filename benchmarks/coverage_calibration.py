@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--reference", default="cifar10:train", help="the provider's own images (NAME:SPLIT)")
     ap.add_argument("--reference-size", type=int, default=10000)
     ap.add_argument("--honest", default="gtsrb:train", help="known-honest traffic (NAME:SPLIT)")
-    ap.add_argument("--honest-size", type=int, default=10000)
+    ap.add_argument("--honest-size", type=int, default=14630, help="as many as the evaluated honest user sends")
     ap.add_argument("--exclude-first", type=int, default=2000,
                     help="leave out the honest split's seeded subset of this size (the evaluated honest user's images)")
     ap.add_argument("--num-tables", type=int, default=20)

@@ -55,6 +55,7 @@ class Setting(Strict):
     family: str = "none"  # the curve it belongs to in the plot
     defence: dict | None = None  # a defence spec as `stealkit serve --defence NAME --defence-arg K=V` takes it
     adaptive: list[Adaptive] = []
+    budgets: list[int] | None = None  # the plain thieves' budgets here (None: the config's largest only)
     paper: str | None = None  # the paper's TA / SA beside it, when the setting is a paper's
 
 
@@ -148,8 +149,12 @@ def images_of(spec: dict, n: int | None, seed: int):
     return ds.sample(n, seed=seed) if n and n < len(ds) else ds
 
 
+def budgets_of(cfg: TradeoffConfig, setting: Setting) -> list[int]:
+    return sorted(setting.budgets or [max(cfg.budgets)])
+
+
 def roles(cfg: TradeoffConfig, setting: Setting) -> list[str]:
-    out = [f"thief-{b}" for b in cfg.budgets]
+    out = [f"thief-{b}" for b in budgets_of(cfg, setting)]
     out += [a for a in setting.adaptive if a != "renormalise"]
     return out
 
@@ -165,7 +170,7 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
     if not todo_honest and not todo:
         return
     ledger = sdir / "ledger.sqlite"
-    names = ["honest"] + [f"thief-{b}" for b in cfg.budgets] + [f"sybil-{j}" for j in range(cfg.sybil["accounts"])] + ["averager"]
+    names = ["honest"] + [f"thief-{b}" for b in budgets_of(cfg, setting)] + [f"sybil-{j}" for j in range(cfg.sybil["accounts"])] + ["averager"]
     keys = account_keys(ledger, names, sdir / "keys.json")
     big = max(cfg.budgets)
 
@@ -197,6 +202,11 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
                 attack = attack_class("stolenencoder")(dict(cfg.attacker))
                 reps = [remote("averager", f"averager-r{r}") for r in range(cfg.averaging["repeats"])]
                 attack.answers(AveragingTarget(reps), surrogates[big], work, False)
+                # how much the repeats differ: 0 means every repeat got the very same answer (nothing to average)
+                each = [r.embed(surrogates[big].images) for r in reps]  # from their caches: no new query
+                spread = max(float((e - each[0]).abs().max()) for e in each)
+                (work / "repeats.json").write_text(json.dumps({"max_abs_difference_between_repeats": spread,
+                                                               "repeats": len(reps), "cached_reads": sum(r.cache_hits for r in reps)}))
             (work / "answers.done").write_text(str(time.perf_counter() - t0))
             log(f"{setting.label}: {role}'s answers in {time.perf_counter() - t0:.0f} s")
     (sdir / "accounts.json").write_text(json.dumps(ledger_accounts(ledger), indent=2))
@@ -231,6 +241,10 @@ def train_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, surrogates) -
             save_file(blob, str(work / "queries.safetensors"))
         if checkpoint_exists(work / "stolen"):
             out[role] = load_encoder(work / "stolen")
+            continue
+        if role == "averaging" and json.loads((work / "repeats.json").read_text())["max_abs_difference_between_repeats"] == 0.0:
+            log(f"{setting.label}: every repeat got the same answer: the averaging thief trains on what one ask gives "
+                f"(not trained again; its SA is the plain thief's in distribution)")
             continue
         t0 = time.perf_counter()
         if role == "sybil":
@@ -282,12 +296,14 @@ def evaluate_setting(cfg, setting, sdir: Path, honest_sets, sa_sets, victim_clea
     clean = F.normalize(victim_clean[1], dim=1)
     accounts = json.loads((sdir / "accounts.json").read_text())
     queries = {role: json.loads((sdir / role / "train.json").read_text())["queries"] for role in stolen}
+    repeats = sdir / "averaging" / "repeats.json"
     out = {
         "label": setting.label, "family": setting.family, "defence": setting.defence, "paper": setting.paper,
         "TA_honest": ta_honest, "SA": dict(zip(names, accs)), "queries": queries,
         "honest_cos_to_clean": float(F.cosine_similarity(h["test"], clean, dim=1).mean()),
         "honest_answer_norm": float(h["test"].norm(dim=1).mean()),
         "accounts": accounts,
+        "averaging_repeats": json.loads(repeats.read_text()) if repeats.exists() else None,
     }
     done.write_text(json.dumps(out, indent=2))
     return out
@@ -304,7 +320,7 @@ def summarise(cfg: TradeoffConfig, rows: list[dict], reference: dict) -> dict:
     for r in rows:
         r["SA_worst"] = max(r["SA"].values())
         r["SA_worst_by"] = max(r["SA"], key=r["SA"].get)
-        q, how = queries_to_reach({b: r["SA"][f"thief-{b}"] for b in cfg.budgets}, target)
+        q, how = queries_to_reach({b: r["SA"][f"thief-{b}"] for b in cfg.budgets if f"thief-{b}" in r["SA"]}, target)
         r["cost_to_reach_undefended"] = {"target_SA": target, "queries": q, "how": how,
                                          "dollars": None if q is None else q * cfg.price_per_1000 / 1000.0}
         r["goal"] = goal_check(r["TA_honest"], base["TA_honest"], r["SA_worst"], reference["baseline_SA"], **cfg.goal)

@@ -493,6 +493,10 @@ def defence_tradeoff() -> str:
     rows = []
     for r in d["rows"]:
         adaptive = [f"{ROLE_NAMES[k]} {v:.2f} ({r['queries'][k]:,})" for k, v in r["SA"].items() if k in ROLE_NAMES]
+        rep = r.get("averaging_repeats")
+        if rep and "averaging" not in r["SA"]:
+            billed = r["accounts"].get("averager", {}).get("billed", 0)
+            adaptive.append(f"averaging: all {rep['repeats']} repeats got identical answers ({billed:,} queries), nothing to average")
         cost = r["cost_to_reach_undefended"]
         if cost["queries"] is None:
             reach = f"not within {big:,}"
@@ -503,7 +507,8 @@ def defence_tradeoff() -> str:
             x for x in ([f"TA {g['ta_gap']:.2f} pt"] if g["ta_gap"] else []) + ([f"SA {g['sa_gap']:.2f} pt"] if g["sa_gap"] else []))
         name = f"**{r['label']}**" if r["pareto"] else r["label"]
         rows.append([name, f"{r['TA_honest']:.2f} ({g['ta_loss']:+.2f})",
-                     f"{r['SA'][f'thief-{small}']:.2f} / {r['SA'][f'thief-{big}']:.2f}", "; ".join(adaptive) or "—",
+                     " / ".join(f"{r['SA'][f'thief-{b}']:.2f}" if f"thief-{b}" in r["SA"] else "—" for b in (small, big)),
+                     "; ".join(adaptive) or "—",
                      f"{r['SA_worst']:.2f} ({g['sa_gain']:+.2f})", reach, goal, r.get("paper") or "—"])
     lines = md_table(head, rows)
     seeds = ref["TA_clean_normalised_by_seed"]
