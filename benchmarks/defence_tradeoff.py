@@ -11,6 +11,8 @@ For every setting of the config (a defence and its strength, or none) this scrip
      arXiv:2310.08571, Section 5);
    - "averaging": every image asked `repeats` times through one account, answers averaged;
    - "renormalise": the largest budget's paid answers, L2-normalised before training (against poisoning);
+   - "diluting": the largest budget's images, each chunk followed by re-asks of earlier ones, so that the
+     account's coverage rate stays low (against the coverage-rate defence); each image keeps its last answer;
 3. stops the server, trains every thief's stolen encoder (queries cached, training resumable), and reads
    each account's billed queries and coverage from the ledger;
 4. probes on GTSRB: TA clean (the victim's own features), TA-honest (the honest account's answers), SA of
@@ -43,7 +45,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 HERE = Path(__file__).resolve().parent
-Adaptive = Literal["sybil", "averaging", "renormalise"]
+Adaptive = Literal["sybil", "averaging", "renormalise", "diluting"]
 
 
 class Strict(BaseModel):
@@ -73,6 +75,7 @@ class TradeoffConfig(Strict):
     attacker: dict  # StolenEncoder's settings (the thieves and the sybil's trainer)
     sybil: dict = {"accounts": 4, "overlap": 600, "align": "affine"}
     averaging: dict = {"repeats": 4}
+    diluting: dict = {"repeats_per_new": 1.0}  # re-asks per new image (stealkit.targets.adaptive.diluted_queries)
     baseline: dict  # the pretrain-encoder attack's config
     probe: dict = {"kind": "mlp", "config": {"epochs": 500}}
     probe_seeds: int = Field(3, ge=1)  # probes of the undefended honest answers, for the seed spread
@@ -162,7 +165,9 @@ def roles(cfg: TradeoffConfig, setting: Setting) -> list[str]:
 def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, surrogates) -> None:
     """Everything that needs the server: the honest user's answers, every thief's paid answers (cached)."""
     from stealkit.attacks.base import attack_class
-    from stealkit.targets.adaptive import AveragingTarget
+    from safetensors.torch import save_file
+
+    from stealkit.targets.adaptive import AveragingTarget, diluted_queries
     from stealkit.targets.remote import RemoteTarget
 
     todo_honest = not (sdir / "honest.pt").exists()
@@ -170,7 +175,7 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
     if not todo_honest and not todo:
         return
     ledger = sdir / "ledger.sqlite"
-    names = ["honest"] + [f"thief-{b}" for b in budgets_of(cfg, setting)] + [f"sybil-{j}" for j in range(cfg.sybil["accounts"])] + ["averager"]
+    names = ["honest"] + [f"thief-{b}" for b in budgets_of(cfg, setting)] + [f"sybil-{j}" for j in range(cfg.sybil["accounts"])] + ["averager", "diluter"]
     keys = account_keys(ledger, names, sdir / "keys.json")
     big = max(cfg.budgets)
 
@@ -207,6 +212,13 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
                 spread = max(float((e - each[0]).abs().max()) for e in each)
                 (work / "repeats.json").write_text(json.dumps({"max_abs_difference_between_repeats": spread,
                                                                "repeats": len(reps), "cached_reads": sum(r.cache_hits for r in reps)}))
+            elif role == "diluting":  # repeats must reach the server: no answer cache (a crash here pays again)
+                target = RemoteTarget(url, keys["diluter"])
+                imgs = surrogates[big].images.contiguous()
+                feats, billed = diluted_queries(target, imgs, float(cfg.diluting["repeats_per_new"]))
+                tmp = work / "queries.safetensors.tmp"  # the attack's query cache: it trains on these answers
+                save_file({"images": imgs, "features": feats.contiguous(), "billed": torch.tensor([billed])}, str(tmp))
+                os.replace(tmp, work / "queries.safetensors")
             (work / "answers.done").write_text(str(time.perf_counter() - t0))
             log(f"{setting.label}: {role}'s answers in {time.perf_counter() - t0:.0f} s")
     (sdir / "accounts.json").write_text(json.dumps(ledger_accounts(ledger), indent=2))
@@ -281,30 +293,35 @@ def clean_features(encoder, honest_sets):
 
 
 def evaluate_setting(cfg, setting, sdir: Path, honest_sets, sa_sets, victim_clean, stolen: dict) -> dict:
+    """Probe the honest answers and every stolen encoder; a rerun that added thieves probes only the new ones."""
     done = sdir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    h = torch.load(sdir / "honest.pt")
+    out = json.loads(done.read_text()) if done.exists() else None
+    todo = {role: enc for role, enc in stolen.items() if out is None or role not in out["SA"]}
+    if out is not None and not todo:
+        return out
     names, trs, tes = [], [], []
-    for role, enc in stolen.items():
+    for role, enc in todo.items():
         tr, te = clean_features(enc, sa_sets)
         names.append(role)
         trs.append(tr)
         tes.append(te)
-    ta_honest = probe(cfg, honest_sets, [h["train"]], [h["test"]], [cfg.seed])[0]
-    accs = probe(cfg, sa_sets, trs, tes, [cfg.seed] * len(trs))
-    clean = F.normalize(victim_clean[1], dim=1)
+    accs = probe(cfg, sa_sets, trs, tes, [cfg.seed] * len(trs)) if trs else []
     accounts = json.loads((sdir / "accounts.json").read_text())
-    queries = {role: json.loads((sdir / role / "train.json").read_text())["queries"] for role in stolen}
+    queries = {role: json.loads((sdir / role / "train.json").read_text())["queries"] for role in todo}
     repeats = sdir / "averaging" / "repeats.json"
-    out = {
-        "label": setting.label, "family": setting.family, "defence": setting.defence, "paper": setting.paper,
-        "TA_honest": ta_honest, "SA": dict(zip(names, accs)), "queries": queries,
-        "honest_cos_to_clean": float(F.cosine_similarity(h["test"], clean, dim=1).mean()),
-        "honest_answer_norm": float(h["test"].norm(dim=1).mean()),
-        "accounts": accounts,
-        "averaging_repeats": json.loads(repeats.read_text()) if repeats.exists() else None,
-    }
+    if out is None:
+        h = torch.load(sdir / "honest.pt")
+        clean = F.normalize(victim_clean[1], dim=1)
+        out = {
+            "label": setting.label, "family": setting.family, "defence": setting.defence, "paper": setting.paper,
+            "TA_honest": probe(cfg, honest_sets, [h["train"]], [h["test"]], [cfg.seed])[0], "SA": {}, "queries": {},
+            "honest_cos_to_clean": float(F.cosine_similarity(h["test"], clean, dim=1).mean()),
+            "honest_answer_norm": float(h["test"].norm(dim=1).mean()),
+        }
+    out["SA"].update(dict(zip(names, accs)))
+    out["queries"].update(queries)
+    out["accounts"] = accounts
+    out["averaging_repeats"] = json.loads(repeats.read_text()) if repeats.exists() else None
     done.write_text(json.dumps(out, indent=2))
     return out
 
@@ -403,8 +420,10 @@ def main() -> None:
         resolved = Setting(**{**setting.model_dump(), "defence": resolve_defence(setting.defence, device="cpu")})
         query_phase(cfg, resolved, sdir, honest_sets, surrogates)
         stolen = train_phase(cfg, resolved, sdir, surrogates)
+        before = json.loads((sdir / "result.json").read_text())["SA"] if (sdir / "result.json").exists() else None
         row = evaluate_setting(cfg, setting, sdir, honest_sets, sa_sets, victim_clean, stolen)
-        row.setdefault("wall_seconds", time.perf_counter() - t0)
+        if before is None or set(before) != set(row["SA"]):  # work was done: count its time
+            row["wall_seconds"] = row.get("wall_seconds", 0.0) + time.perf_counter() - t0
         (sdir / "result.json").write_text(json.dumps(row, indent=2))
         log(f"{setting.label}: TA-honest {row['TA_honest']:.2f}, SA " + ", ".join(f"{k} {v:.2f}" for k, v in row["SA"].items()))
         rows.append(row)

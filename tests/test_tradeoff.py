@@ -83,3 +83,38 @@ def test_normalising_and_offline_targets():
     assert off.feature_dim == 7
     with pytest.raises(RuntimeError, match="cached"):
         off.embed(imgs)
+
+
+class Counter(Target):
+    """Answers [image id, how many times this image was asked before]: shows which answer each image kept."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.asked = {}
+
+    @property
+    def feature_dim(self):
+        return 2
+
+    def _embed(self, images):
+        out = []
+        for im in images:
+            i = int(im[0, 0, 0])
+            out.append([i, self.asked.get(i, 0)])
+            self.asked[i] = self.asked.get(i, 0) + 1
+        return torch.tensor(out, dtype=torch.float32)
+
+
+def test_diluted_queries_by_hand():
+    from stealkit.targets.adaptive import diluted_queries
+
+    imgs = torch.zeros(6, 3, 2, 2, dtype=torch.uint8)
+    imgs[:, 0, 0, 0] = torch.arange(6, dtype=torch.uint8)
+    t = Counter()
+    ans, billed = diluted_queries(t, imgs, repeats_per_new=1.0, chunk=2)
+    # chunk 0: ask 0, 1.  chunk 1: ask 2, 3, then re-ask 2 least recently asked of {0, 1}: 0, 1.
+    # chunk 2: ask 4, 5, then re-ask 2 of {0..3} least recently asked: 2, 3 (asked at step 2; 0 and 1 at step 3)
+    assert billed == 10 and t.queries == 10
+    assert t.asked == {0: 2, 1: 2, 2: 2, 3: 2, 4: 1, 5: 1}
+    assert ans[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert ans[:, 1].tolist() == [1, 1, 1, 1, 0, 0]  # each image keeps its last answer

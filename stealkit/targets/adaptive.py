@@ -79,3 +79,32 @@ class OfflineTarget(Target):
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"OfflineTarget asked for {len(images)} answers: they should have been cached before the API went away")
+
+
+def diluted_queries(target: Target, images: torch.Tensor, repeats_per_new: float, chunk: int = 256) -> tuple[torch.Tensor, int]:
+    """The diluting thief against a coverage-rate defence: after each chunk of new images it re-asks
+    round(repeats_per_new · chunk) images it asked before, least recently asked first, so that its queries cover
+    buckets more slowly than a sweep; every image keeps the answer it got last (asked when the account's rate
+    was lowest so far). `target` must send repeats as new requests (no answer cache).
+    images uint8 N×3×H×W -> (answers float32 N×D, queries billed)."""
+    n = len(images)
+    answers: torch.Tensor | None = None
+    last = torch.full((n,), -1, dtype=torch.long)  # the step at which each image was last asked
+    step, before = 0, target.queries
+    for start in range(0, n, chunk):
+        new = torch.arange(start, min(start + chunk, n))
+        batches = [new]
+        k = round(repeats_per_new * len(new))
+        if start and k:
+            asked = torch.arange(start)
+            order = asked[torch.argsort(last[asked], stable=True)]  # least recently asked first
+            batches.append(order[torch.arange(k) % len(order)])
+        for idx in batches:
+            for sub in torch.split(idx, chunk):
+                out = target.embed(images[sub].contiguous()).float()
+                if answers is None:
+                    answers = torch.zeros(n, out.shape[1])
+                answers[sub] = out
+                step += 1
+                last[sub] = step
+    return (answers if answers is not None else torch.zeros(0, target.feature_dim)), target.queries - before
