@@ -99,3 +99,31 @@ def test_rate_reference_must_match_the_hashing(tmp_path):
         load_reference(tmp_path / "missing.json", 1, 6, 0)
     with pytest.raises(ValueError, match="beta > onset"):
         CoverageDefence(curve="ramp", onset=1.0, beta=1.0)
+
+
+def _sticky(tmp_path, name):
+    return CoverageDefence(db_path=str(tmp_path / f"{name}.sqlite"), num_tables=1, num_planes=6, curve="ramp", onset=0.5,
+                           beta=1.0, alpha=2.0, relative=True, noise_seed="input", sticky=True, transform="none",
+                           rate_reference=str(_reference_file(tmp_path)))
+
+
+def test_sticky_answers_repeats_neither_clean_an_answer_nor_dilute_the_rate(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    feats = torch.nn.functional.normalize(torch.randn(21, 16, generator=g), dim=1)
+    imgs = torch.randint(0, 255, (21, 3, 4, 4), dtype=torch.uint8, generator=g)
+    a, b = _sticky(tmp_path, "a"), _sticky(tmp_path, "b")
+    first = a(feats[:20], images=imgs[:20], account="thief")
+    for _ in range(5):  # the same 20 images again: identical answers, although 100 more queries were made
+        assert torch.equal(a(feats[:20], images=imgs[:20], account="thief"), first)
+    assert a.stats("thief")["queries"] == 120
+    # the 21st distinct image gets exactly what it gets from an account that never repeated anything
+    b(feats[:20], images=imgs[:20], account="thief")
+    assert torch.equal(a(feats[20:], images=imgs[20:], account="thief"), b(feats[20:], images=imgs[20:], account="thief"))
+    assert a.stats("thief")["rate"] == pytest.approx(b.stats("thief")["rate"])
+    from stealkit.db import Database
+    from stealkit.defences.coverage import read_coverage
+
+    a.close()
+    assert read_coverage(Database.open(str(tmp_path / "a.sqlite")))["thief"]["rate"] == pytest.approx(b.stats("thief")["rate"])
+    with pytest.raises(ValueError, match="noise_seed: input"):
+        CoverageDefence(sticky=True)

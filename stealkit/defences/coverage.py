@@ -94,6 +94,9 @@ CREATE TABLE IF NOT EXISTS b4b_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS b4b_accounts (account TEXT PRIMARY KEY, queries {int} NOT NULL);
 CREATE TABLE IF NOT EXISTS b4b_buckets (
     account TEXT NOT NULL, bucket {int} NOT NULL, PRIMARY KEY (account, bucket)
+){without_rowid};
+CREATE TABLE IF NOT EXISTS b4b_seen (
+    account TEXT NOT NULL, digest TEXT NOT NULL, sigma {real} NOT NULL, PRIMARY KEY (account, digest)
 ){without_rowid}
 """
 UPSERT_META = "INSERT INTO b4b_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -166,8 +169,11 @@ def read_coverage(db: Database) -> dict[str, dict] | None:
     out = {a: _account_stats(queries.get(a, 0), hits.get(a, zero), planes) for a in sorted(set(queries) | set(hits))}
     if "rate_reference" in meta:
         ref = json.loads(meta["rate_reference"])
-        for s in out.values():
-            s["rate"] = float(s["coverage"] / reference_coverage(ref, s["queries"], planes)) if s["queries"] else 0.0
+        with db.read() as tx:  # a sticky defence counts distinct images for the rate
+            seen = dict(tx.execute("SELECT account, COUNT(*) FROM b4b_seen GROUP BY account").fetchall()) if db.columns(tx, "b4b_seen") else {}
+        for a, s in out.items():
+            n = seen.get(a, s["queries"])
+            s["rate"] = float(s["coverage"] / reference_coverage(ref, n, planes)) if n else 0.0
     return out
 
 
@@ -188,6 +194,7 @@ class CoverageConfig(DefenceConfig):
     relative: bool = True  # σ in units of the answer's RMS entry (else absolute)
     noise_per: Literal["query", "batch"] = "query"  # one σ per answer, or one per call (B4B)
     noise_seed: Literal["stream", "input", "bucket"] = "stream"  # fresh per call (B4B); fixed per (account, input | LSH cell)
+    sticky: bool = False  # with noise_seed "input": an image asked again gets its first answer; only new images count
     transform: Literal["affine", "rotation", "shuffle", "none", "b4b-affine", "b4b-shuffle-pad", "b4b-affine-shuffle-pad",
                        "b4b-binary", "b4b-sybil-map"] = "affine"
     bias_scale: float = Field(1.0, ge=0)  # "affine": b ~ N(0, bias_scale²)
@@ -208,6 +215,8 @@ class CoverageConfig(DefenceConfig):
     def _curve(self):
         if self.curve == "exp" and not (self.alpha > self.lam > 0):
             raise ValueError(f"the exp curve needs alpha > lam > 0, got alpha={self.alpha}, lam={self.lam}")
+        if self.sticky and (self.noise_seed != "input" or self.noise_per != "query"):
+            raise ValueError("sticky answers need noise_seed: input and noise_per: query (the answer is kept per image)")
         if self.curve == "ramp" and not self.beta > self.onset:
             raise ValueError(f"the ramp curve needs beta > onset, got beta={self.beta}, onset={self.onset}")
         return self
@@ -294,6 +303,7 @@ class CoverageDefence(Defence):
         with self._db.transaction() as tx:
             tx.execute("DELETE FROM b4b_buckets WHERE account = ?", (account,))
             tx.execute("DELETE FROM b4b_accounts WHERE account = ?", (account,))
+            tx.execute("DELETE FROM b4b_seen WHERE account = ?", (account,))
 
     # ------------------------------------------------------------------ parts
     @property
@@ -325,9 +335,11 @@ class CoverageDefence(Defence):
         with self._db.read() as tx:
             row = tx.execute("SELECT queries FROM b4b_accounts WHERE account = ?", (account,)).fetchone()
             per_table = _hits_per_table(tx, self.num_planes, self.num_tables, account).get(account, np.zeros(self.num_tables, dtype=np.int64))
+            distinct = int(tx.execute("SELECT COUNT(*) FROM b4b_seen WHERE account = ?", (account,)).fetchone()[0])
         out = _account_stats(row[0] if row else 0, per_table, self.num_planes)
-        extra = {"rate": float(self.rate(out["coverage"], out["queries"]))} if self.rate_ref is not None else {}
-        return {**out, **extra, "sigma": float(self.sigma(out["coverage"], out["queries"]))}
+        n = distinct if self.config.sticky else out["queries"]  # sticky: repeats are not counted for the rate
+        extra = {"rate": float(self.rate(out["coverage"], n))} if self.rate_ref is not None else {}
+        return {**out, **extra, "sigma": float(self.sigma(out["coverage"], n))}
 
     def coverage(self, account: str) -> float:
         return self.stats(account)["coverage"]
@@ -427,16 +439,48 @@ class CoverageDefence(Defence):
                         per_table[t] += 1
                 counts[i] = per_table
             tx.executemany("INSERT INTO b4b_buckets (account, bucket) VALUES (?, ?) ON CONFLICT DO NOTHING", new)
-        cov = self._coverage(counts)  # after each query
-        done = before + np.arange(1, n + 1)  # the account's queries after each one
-        if self.noise_per == "batch":
-            cov, done = np.full(n, cov[-1]), np.full(n, done[-1])  # one σ for the call, from the state after all of it
-        sig = torch.from_numpy(self.sigma(cov, done)).float()[:, None]
+            cov = self._coverage(counts)  # after each query
+            done = before + np.arange(1, n + 1)  # the account's queries after each one
+            if self.config.sticky:
+                sig = self._sticky_sigma(tx, account, self._digests(features, images), cov)
+            else:
+                if self.noise_per == "batch":
+                    cov, done = np.full(n, cov[-1]), np.full(n, done[-1])  # one σ for the call, from the state after all of it
+                sig = self.sigma(cov, done)
+        sig = torch.from_numpy(np.asarray(sig, dtype=np.float64)).float()[:, None]
         f = features.detach().float().cpu()
         if self.relative:
             sig = sig * f.norm(dim=1, keepdim=True) / math.sqrt(f.shape[1])
         noised = f + sig * self._noise(f, images, account, before, ids)
         return self.transform(noised, account).to(features.device)
+
+    @staticmethod
+    def _digests(features: torch.Tensor, images: torch.Tensor | None) -> list[str]:
+        """SHA-256 per row of the image's bytes (of the exact feature's when no image is given)."""
+        rows = images.detach().cpu().contiguous() if images is not None and len(images) == len(features) else features.detach().float().cpu()
+        return [hashlib.sha256(rows[i].numpy().tobytes()).hexdigest() for i in range(len(rows))]
+
+    def _sticky_sigma(self, tx, account: str, digests: list[str], cov: np.ndarray) -> np.ndarray:
+        """Inside the call's transaction: σ per row when answers are sticky. An image this account asked before
+        gets the σ it got then (so, with input-seeded noise, the very same answer); a new image gets σ from the
+        coverage after it and, for the rate, the number of *distinct* images asked so far: repeats neither clean
+        an answer nor dilute the rate. New images' σ are stored (b4b_seen)."""
+        known: dict[str, float] = {}
+        uniq = list(dict.fromkeys(digests))
+        for i in range(0, len(uniq), 500):
+            part = uniq[i : i + 500]
+            q = f"SELECT digest, sigma FROM b4b_seen WHERE account = ? AND digest IN ({','.join('?' * len(part))})"
+            known.update({d: float(v) for d, v in tx.execute(q, (account, *part)).fetchall()})
+        distinct = int(tx.execute("SELECT COUNT(*) FROM b4b_seen WHERE account = ?", (account,)).fetchone()[0])
+        sig, fresh = np.empty(len(digests)), []
+        for i, d in enumerate(digests):
+            if d not in known:
+                distinct += 1
+                known[d] = float(self.sigma(cov[i], distinct))
+                fresh.append((account, d, known[d]))
+            sig[i] = known[d]
+        tx.executemany("INSERT INTO b4b_seen (account, digest, sigma) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", fresh)
+        return sig
 
     def _noise(self, f: torch.Tensor, images: torch.Tensor | None, account: str, before: int, ids: np.ndarray) -> torch.Tensor:
         """Standard normal N×D: one draw per call seeded by the account's position in its stream ("stream"), or
@@ -449,11 +493,11 @@ class CoverageDefence(Defence):
             return torch.randn(f.shape, generator=g)
         if self.noise_seed == "bucket":
             rows = torch.from_numpy(np.ascontiguousarray(ids))
+            digests = [hashlib.sha256(rows[i].numpy().tobytes()).hexdigest() for i in range(len(rows))]
         else:
-            rows = images.detach().cpu().contiguous() if images is not None and len(images) == len(f) else f
+            digests = self._digests(f, images)
         out = torch.empty_like(f)
-        for i in range(len(f)):
-            digest = hashlib.sha256(rows[i].numpy().tobytes()).hexdigest()
+        for i, digest in enumerate(digests):
             out[i] = torch.randn(f.shape[1], generator=torch.Generator().manual_seed(derived_seed("noise-input", self.secret, self.seed, account, digest)))
         return out
 
