@@ -75,7 +75,7 @@ class TradeoffConfig(Strict):
     attacker: dict  # StolenEncoder's settings (the thieves and the sybil's trainer)
     sybil: dict = {"accounts": 4, "overlap": 600, "align": "affine"}
     averaging: dict = {"repeats": 4}
-    diluting: dict = {"repeats_per_new": 1.0}  # re-asks per new image (stealkit.targets.adaptive.diluted_queries)
+    diluting: dict = {"repeats_per_new": 1.0}  # diluted_queries' settings: re-asks per new image, chunk, nudge
     baseline: dict  # the pretrain-encoder attack's config
     probe: dict = {"kind": "mlp", "config": {"epochs": 500}}
     probe_seeds: int = Field(3, ge=1)  # probes of the undefended honest answers, for the seed spread
@@ -127,8 +127,10 @@ def account_keys(ledger: Path, names: list[str], store: Path) -> dict[str, str]:
     keys = json.loads(store.read_text()) if store.exists() else {}
     for name in names:
         if name not in keys:
-            out = subprocess.run(["stealkit", "keys", "create", name, "--ledger", str(ledger)], check=True,
-                                 capture_output=True, text=True)
+            out = subprocess.run(["stealkit", "keys", "create", name, "--ledger", str(ledger)], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"could not create account {name!r} in {ledger}: {out.stderr.strip().splitlines()[-1:]}. If a "
+                                 f"run was stopped while creating accounts, its key was never kept: delete {ledger.parent} and rerun")
             keys[name] = out.stdout.strip().splitlines()[-1]
             store.write_text(json.dumps(keys))
     return keys
@@ -215,7 +217,7 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
             elif role == "diluting":  # repeats must reach the server: no answer cache (a crash here pays again)
                 target = RemoteTarget(url, keys["diluter"])
                 imgs = surrogates[big].images.contiguous()
-                feats, billed = diluted_queries(target, imgs, float(cfg.diluting["repeats_per_new"]))
+                feats, billed = diluted_queries(target, imgs, **cfg.diluting)
                 tmp = work / "queries.safetensors.tmp"  # the attack's query cache: it trains on these answers
                 save_file({"images": imgs, "features": feats.contiguous(), "billed": torch.tensor([billed])}, str(tmp))
                 os.replace(tmp, work / "queries.safetensors")

@@ -118,3 +118,21 @@ def test_diluted_queries_by_hand():
     assert t.asked == {0: 2, 1: 2, 2: 2, 3: 2, 4: 1, 5: 1}
     assert ans[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
     assert ans[:, 1].tolist() == [1, 1, 1, 1, 0, 0]  # each image keeps its last answer
+
+
+def test_diluted_queries_with_nudged_near_duplicates():
+    from stealkit.targets.adaptive import diluted_queries
+
+    imgs = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
+    imgs[:, 1, 0, 0] = torch.arange(4, dtype=torch.uint8)  # the id lives in channel 1; the nudge moves channel 0
+    seen = []
+
+    class Recorder(Counter):
+        def _embed(self, images):
+            seen.extend((int(im[1, 0, 0]), int(im[0, 0, 0])) for im in images)
+            return torch.zeros(len(images), 2)
+
+    ans, billed = diluted_queries(Recorder(), imgs, repeats_per_new=2.0, chunk=2, nudge=True)
+    # chunk 0: 0, 1 as they are; chunk 1: 2, 3, then 4 re-asks of {0, 1} cycling: 0, 1 (nudged by 1), 0, 1 (by 2)
+    assert billed == 8
+    assert seen == [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (0, 2), (1, 2)]

@@ -81,15 +81,26 @@ class OfflineTarget(Target):
         raise RuntimeError(f"OfflineTarget asked for {len(images)} answers: they should have been cached before the API went away")
 
 
-def diluted_queries(target: Target, images: torch.Tensor, repeats_per_new: float, chunk: int = 256) -> tuple[torch.Tensor, int]:
+def nudged(images: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Near-duplicates: pixel (0, 0, 0) of image i moved by times[i] (mod 256), so each re-ask is a distinct image."""
+    out = images.clone()
+    out[:, 0, 0, 0] = ((out[:, 0, 0, 0].long() + times) % 256).to(torch.uint8)
+    return out
+
+
+def diluted_queries(target: Target, images: torch.Tensor, repeats_per_new: float, chunk: int = 256,
+                    nudge: bool = False) -> tuple[torch.Tensor, int]:
     """The diluting thief against a coverage-rate defence: after each chunk of new images it re-asks
     round(repeats_per_new · chunk) images it asked before, least recently asked first, so that its queries cover
     buckets more slowly than a sweep; every image keeps the answer it got last (asked when the account's rate
-    was lowest so far). `target` must send repeats as new requests (no answer cache).
+    was lowest so far). With `nudge` each re-ask is a near-duplicate (one pixel moved by the number of times
+    the image was asked before): a distinct image for a defence that ignores exact repeats (sticky answers), in
+    the buckets the original already hit. `target` must send repeats as new requests (no answer cache).
     images uint8 N×3×H×W -> (answers float32 N×D, queries billed)."""
     n = len(images)
     answers: torch.Tensor | None = None
     last = torch.full((n,), -1, dtype=torch.long)  # the step at which each image was last asked
+    asks = torch.zeros(n, dtype=torch.long)  # how many times each image was asked
     step, before = 0, target.queries
     for start in range(0, n, chunk):
         new = torch.arange(start, min(start + chunk, n))
@@ -99,12 +110,16 @@ def diluted_queries(target: Target, images: torch.Tensor, repeats_per_new: float
             asked = torch.arange(start)
             order = asked[torch.argsort(last[asked], stable=True)]  # least recently asked first
             batches.append(order[torch.arange(k) % len(order)])
-        for idx in batches:
+        for j, idx in enumerate(batches):
             for sub in torch.split(idx, chunk):
-                out = target.embed(images[sub].contiguous()).float()
+                batch = images[sub].contiguous()
+                if nudge and j > 0:
+                    batch = nudged(batch, asks[sub])
+                out = target.embed(batch).float()
                 if answers is None:
                     answers = torch.zeros(n, out.shape[1])
                 answers[sub] = out
                 step += 1
                 last[sub] = step
+                asks[sub] += 1
     return (answers if answers is not None else torch.zeros(0, target.feature_dim)), target.queries - before
