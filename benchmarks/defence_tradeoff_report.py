@@ -50,8 +50,9 @@ def main() -> None:
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["TA_honest"])
     ax.plot([r["TA_honest"] for r in front], [r["SA_worst"] for r in front], "--", color="tab:red", lw=1, label="Pareto frontier (worst thief)")
     ax.set_xlabel("TA-honest on GTSRB, full test split (%)")
-    ax.set_ylabel(f"SA of the thief on GTSRB (%): filled worst thief, hollow {big:,}-query StolenEncoder")
-    ax.set_title("Defences on the shared CIFAR-10 ResNet18, through stealkit serve")
+    ax.set_ylabel("thief's SA on GTSRB (%)")
+    ax.set_title(f"Defences on the shared CIFAR-10 ResNet18, through stealkit serve\n"
+                 f"filled: the worst thief of a setting; hollow: the plain {big:,}-query StolenEncoder", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)

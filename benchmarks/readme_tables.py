@@ -9,7 +9,7 @@ its source file; a run's wall time and peak memory are the JSON's `wall_seconds`
     python benchmarks/readme_tables.py --check    # exit 1 and show the first difference if any block is stale
 
 The papers' numbers in the right-hand columns are quoted from StolenEncoder (Liu, Jia, Liu, Gong, ACM CCS
-2022, arXiv:2201.05889), Tables II, X, XI, XIII, XIV and XV.
+2022, arXiv:2201.05889), Tables II, X and XI; Tables XIII–XV's sit in the defence config's `paper` fields.
 """
 
 from __future__ import annotations
@@ -33,10 +33,6 @@ PAPER_TABLE10 = {"StolenEncoder": (77.97, 1500), "StolenEncoder-query-aug": (76.
 PAPER_TA_GTSRB = 80.67
 # Table II, CIFAR-10 victim: TA / SA per downstream set.
 PAPER_TABLE2 = {"gtsrb": (80.67, 79.43), "mnist": (97.90, 97.95), "fashion_mnist": (89.44, 90.34)}
-# Tables XIII-XV, CIFAR-10 victim, GTSRB: TA / SA under one setting of each defence.
-PAPER_DEFENCES = {"none": (80.67, 79.43, "II"), "topk(k=10)": (56.59, 61.39, "XIII"),
-                  "rounding(m=1)": (72.87, 77.05, "XIV"), "poisoning(norm=l2, epsilon=3)": (82.43, 71.12, "XV a"),
-                  "poisoning(norm=linf, epsilon=0.05)": (70.75, 56.52, "XV b")}
 NAMES = {"gtsrb": "GTSRB", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 
 
@@ -153,41 +149,6 @@ def table2() -> str:
         rows.append(cells)
     lines = md_table(head, rows)
     lines += ["", f"{r['label']}, {r['queries']:,} queries. {probe_note(d)} " + run_line(d, src)]
-    return "\n".join(lines)
-
-
-def _defence_name(r: dict) -> str:
-    spec = r["row"]["defence"] if "row" in r else r.get("defence")
-    if not spec:
-        return "none"
-    args = ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("name", "shadow"))
-    return f"{spec['name']}({args})"
-
-
-def defences() -> str:
-    src = "benchmarks/results/defences_real_cpu.json"
-    d = load("defences_real_cpu.json")
-    raw = load("defences_real_cpu.mlp_raw.json", required=False)
-    head = ["defence (one paper setting)", "TA, clean (%)", "TA honest (%)", "SA (%)", "SA/TA honest", "cos fidelity"]
-    if raw:
-        head += ["TA honest / SA, `mlp-raw`"]
-    head.append("paper TA / SA (table)")
-    rows = []
-    for r in d["rows"]:
-        e = r["downstream"]["gtsrb"]
-        name = _defence_name(r)
-        hon = e["TA_defended"]
-        cells = [name, pct(e["TA"]), pct(hon), pct(e["SA"]), ratio(e["SA"] / hon if hon else None),
-                 "—" if e["cosine_fidelity"] is None else f"{e['cosine_fidelity']:.3f}"]
-        if raw:
-            rr = _first(raw, r["label"])
-            cells.append(f"{pct(rr['downstream']['gtsrb']['TA_defended'])} / {pct(rr['downstream']['gtsrb']['SA'])}" if rr else "—")
-        p = PAPER_DEFENCES.get(name)
-        cells.append(f"{p[0]:.2f} / {p[1]:.2f} ({p[2]})" if p else "—")
-        rows.append(cells)
-    e = d["rows"][0]["downstream"]["gtsrb"]
-    lines = md_table(head, rows)
-    lines += ["", f"GTSRB, {e['train_size']:,} train / {e['test_size']:,} test. {probe_note(d)} " + run_line(d, src)]
     return "\n".join(lines)
 
 
@@ -477,7 +438,7 @@ def watermark() -> str:
     return "\n".join(lines)
 
 
-ROLE_NAMES = {"sybil": "sybil", "averaging": "averaging", "renormalise": "re-normalising"}
+ROLE_NAMES = {"sybil": "sybil", "averaging": "averaging", "renormalise": "re-normalising", "diluting": "diluting"}
 
 
 def defence_tradeoff() -> str:
@@ -524,7 +485,7 @@ def defence_tradeoff() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, "table2": table2, "defences": defences, "table11": table11,
+BLOCKS = {"quickstart": quickstart, "victim_ta": victim_ta, "table10": table10, "table2": table2, "table11": table11,
           "speed": speed, "serving": serving, "dataset_inference": dataset_inference,
           "dataset_inference_curve": dataset_inference_curve, "attack_comparison": attack_comparison, "watermark": watermark,
           "dataset_inference_calibrated": dataset_inference_calibrated, "defence_tradeoff": defence_tradeoff}

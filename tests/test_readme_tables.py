@@ -24,7 +24,7 @@ def test_every_generated_readme_block_matches_its_json():
     mod = _module()
     text = (REPO / "README.md").read_text()
     blocks = mod.PATTERN.findall(text)
-    assert {b[1] for b in blocks} >= {"table10", "table2", "defences", "table11", "victim_ta", "speed", "serving"}
+    assert {b[1] for b in blocks} >= {"table10", "table2", "defence_tradeoff", "table11", "victim_ta", "speed", "serving"}
     rendered = mod.render(text)
     if rendered != text:
         import difflib
