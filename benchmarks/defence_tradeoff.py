@@ -22,7 +22,7 @@ Table X's setting), the probe's seed spread on the undefended honest answers, an
 trade-off (Pareto frontier on worst-case SA), the cost framing (queries and dollars to reach the undefended SA
 at the smallest budget) and the goal row. Resumable: rerun the same command; finished work is read back.
 
-    python benchmarks/defence_tradeoff.py configs/defence_tradeoff_real_cpu.yaml \
+    python benchmarks/defence_tradeoff.py configs/tradeoff/defence_tradeoff_real_cpu.yaml \
         --out benchmarks/results/defence_tradeoff_real_cpu.json [--only LABEL ...]
 """
 

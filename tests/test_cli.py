@@ -85,3 +85,30 @@ def test_unknown_config_key_fails_with_exit_code(tmp_path):
     bad.write_text("victim: {checkpoint: x.safetensors}\nattack: {nme: stolenencoder}\n")
     r = CliRunner().invoke(app, ["run", str(bad)])
     assert r.exit_code == 2 and "nme" in r.output
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(REPO / "configs" / "tradeoff" / "*.yaml"))))
+def test_tradeoff_configs_parse(path):
+    """The defence trade-off's configs (benchmarks/defence_tradeoff.py's own schema): every setting's defence
+    is a registered defence whose settings its Config accepts (a shadow spec and a rate-reference path are
+    left to the run), and exactly one setting is undefended."""
+    import importlib.util
+    import sys
+
+    from stealkit.defences.base import defence_class
+    from stealkit.experiment.shadows import resolved_settings
+
+    spec = importlib.util.spec_from_file_location("defence_tradeoff", REPO / "benchmarks" / "defence_tradeoff.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # pydantic resolves the module's postponed annotations through it
+    spec.loader.exec_module(mod)
+    raw = yaml.safe_load(Path(path).read_text())
+    cfg = mod.TradeoffConfig(**{k: v for k, v in raw.items() if not k.startswith("x-")})
+    assert sum(s.defence is None for s in cfg.settings) == 1
+    for s in cfg.settings:
+        if s.defence is None:
+            continue
+        d = dict(s.defence)
+        d.pop("rate_reference", None)  # a file the calibration writes before the run
+        assert defence_class(d["name"]) is not None
+        assert resolved_settings(d)["name"] == d["name"], s.label
