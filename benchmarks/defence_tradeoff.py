@@ -166,9 +166,10 @@ def roles(cfg: TradeoffConfig, setting: Setting) -> list[str]:
 
 def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, surrogates) -> None:
     """Everything that needs the server: the honest user's answers, every thief's paid answers (cached)."""
-    from stealkit.attacks.base import attack_class
     from safetensors.torch import save_file
 
+    from stealkit.attacks.base import attack_class
+    from stealkit.attacks.queries import query_target
     from stealkit.targets.adaptive import AveragingTarget, diluted_queries
     from stealkit.targets.remote import RemoteTarget
 
@@ -189,8 +190,7 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
             t0 = time.perf_counter()
             honest = remote("honest", "honest")
             train, test = honest_sets
-            tr = honest.embed(train.images) if len(train) <= 256 else torch.cat([honest.embed(train.images[i:i + 256]) for i in range(0, len(train), 256)])
-            te = torch.cat([honest.embed(test.images[i:i + 256]) for i in range(0, len(test), 256)])
+            tr, te = query_target(honest, train.images), query_target(honest, test.images)  # batches of 256
             torch.save({"train": tr, "test": te, "seconds": time.perf_counter() - t0}, sdir / "honest.pt")
             log(f"{setting.label}: honest user's {len(train) + len(test)} answers in {time.perf_counter() - t0:.0f} s")
         for role in todo:

@@ -165,12 +165,12 @@ def read_coverage(db: Database) -> dict[str, dict] | None:
         params = json.loads(meta["params"])
         planes, tables = int(params["num_planes"]), int(params.get("num_tables", 1))
         hits = _hits_per_table(tx, planes, tables)
+        rated = "rate_reference" in meta  # a sticky defence counts distinct images for the rate
+        seen = dict(tx.execute("SELECT account, COUNT(*) FROM b4b_seen GROUP BY account").fetchall()) if rated and db.columns(tx, "b4b_seen") else {}
     zero = np.zeros(tables, dtype=np.int64)
     out = {a: _account_stats(queries.get(a, 0), hits.get(a, zero), planes) for a in sorted(set(queries) | set(hits))}
-    if "rate_reference" in meta:
+    if rated:
         ref = json.loads(meta["rate_reference"])
-        with db.read() as tx:  # a sticky defence counts distinct images for the rate
-            seen = dict(tx.execute("SELECT account, COUNT(*) FROM b4b_seen GROUP BY account").fetchall()) if db.columns(tx, "b4b_seen") else {}
         for a, s in out.items():
             n = seen.get(a, s["queries"])
             s["rate"] = float(s["coverage"] / reference_coverage(ref, n, planes)) if n else 0.0
