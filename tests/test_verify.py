@@ -258,6 +258,17 @@ def test_watermark_checkpoint_round_trip_and_cli(watermarked, tmp_path, monkeypa
     assert list(rep["tests"]) == ["watermark"] and rep["threshold"] == pytest.approx(0.01)
     own = watermark_accuracy(load_encoder(weights), loaded, pub[:60], alpha=0.01)
     assert rep["tests"]["watermark"]["p_value"] == pytest.approx(own.p_value, rel=1e-9) and rep["stolen"] is True
+    # the watermark alone reads no private image: --private may be left out, and a private set that does not exist
+    # is never opened; the p-value is the same (same public sample)
+    for extra in ([], ["--private", "no-such-dataset:train"]):
+        r = runner.invoke(app, ["verify", "--victim", str(weights), "--suspect", str(weights), "--public", "digits:test",
+                                "--public-limit", "100", "--watermark-limit", "60", "--test", "watermark", "--size", str(SIZE),
+                                "--device", "cpu", "--json", *extra])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["tests"]["watermark"]["p_value"] == pytest.approx(own.p_value, rel=1e-9)
+    r = runner.invoke(app, ["verify", "--victim", str(weights), "--suspect", str(weights), "--public", "digits:test",
+                            "--test", "alignment", "--size", str(SIZE), "--device", "cpu"])
+    assert r.exit_code != 0 and "--private" in r.output  # the other tests still need it
 
 
 def test_watermark_p_value_counts_images_not_predictions():

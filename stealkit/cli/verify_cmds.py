@@ -84,17 +84,19 @@ def verify_cmd(
     from stealkit.targets.remote import RemoteError
     from stealkit.verify.suspect import planned_queries, verify_suspect
     from stealkit.verify.watermark import head_path, load_watermark_head
+    import torch
 
-    missing = [f"--{n}" for n, v in (("suspect", suspect), ("victim", victim), ("private", private), ("public", public)) if v is None]
-    if missing:
-        fail(f"stealkit verify needs {', '.join(missing)} (or a subcommand: dataset-inference, watermark, embed-watermark)")
-    if not 0 < alpha < 1:
-        fail(f"--alpha {alpha}: give a probability between 0 and 1, e.g. 0.01")
     names = {"dataset-inference": "dataset_inference", "alignment": "alignment", "watermark": None}
     bad = [t for t in (only or []) if t not in names]
     if bad:
         fail(f"--test {bad[0]!r}: choose dataset-inference, alignment or watermark")
     tests = tuple(names[t] for t in only if names[t]) if only else ("dataset_inference", "alignment")
+    needed = (("suspect", suspect), ("victim", victim), ("public", public)) + ((("private", private),) if tests else ())
+    missing = [f"--{n}" for n, v in needed if v is None]  # the watermark alone reads no private image
+    if missing:
+        fail(f"stealkit verify needs {', '.join(missing)} (or a subcommand: dataset-inference, watermark, embed-watermark)")
+    if not 0 < alpha < 1:
+        fail(f"--alpha {alpha}: give a probability between 0 and 1, e.g. 0.01")
     use_watermark = not only or "watermark" in only
     remote = suspect.startswith(("http://", "https://"))
     for label, path in (("victim", str(victim)), ("suspect", None if remote else suspect)):
@@ -104,8 +106,9 @@ def verify_cmd(
     if only and "watermark" in only and not head.exists():
         fail(f"--test watermark: the victim carries no watermark ({head} is missing); embed one with stealkit verify embed-watermark")
     try:
-        priv = _images(private, private_limit, seed, data_root, size)
-        pub = _images(public, public_limit, seed + 1, data_root, size)
+        # the watermark alone needs only its public images: no private image is loaded or sent
+        priv = _images(private, private_limit, seed, data_root, size) if tests else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        pub = _images(public, public_limit, seed + 1, data_root, size)  # the same sample with or without other tests
         wm = dict(watermark_head=load_watermark_head(head), watermark_images=pub[:watermark_limit]) if head.exists() and use_watermark else {}
         planned = planned_queries(len(priv), len(pub), align_views if "alignment" in tests else 0,
                                   len(wm.get("watermark_images", [])), "dataset_inference" in tests)
@@ -128,7 +131,8 @@ def verify_cmd(
         fail(f"stealkit verify: {exc.args[0]}")
     except (FileNotFoundError, ValueError, RemoteError, BudgetExceeded) as exc:
         fail(f"stealkit verify: {exc}")
-    lines = [f"suspect {suspect} against victim {victim}; {len(priv):,} private ({private}) and {len(pub):,} public ({public}) images"
+    used = f"{len(priv):,} private ({private}) and " if tests else ""
+    lines = [f"suspect {suspect} against victim {victim}; {used}{len(pub):,} public ({public}) images"
              + ("" if wm else "; the victim carries no watermark (no .wmhead.safetensors beside it)")]
     for name, t in report.tests.items():
         stat = f"accuracy {t['accuracy']:.4f}" if "accuracy" in t else f"t = {t['t_statistic']:.3g}"
