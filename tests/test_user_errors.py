@@ -194,3 +194,27 @@ def test_discovery_commands():
         assert r.exit_code == 0 and needle in r.output, r.output
     r = invoke("schema")
     assert r.exit_code == 0 and '"normalize_answers"' in r.output
+
+
+def test_load_config_names_every_unknown_architecture_before_any_work(tmp_path, victim):
+    """The Python API checks architectures as the CLI does: a victim to pre-train, a row's attack and a
+    poisoning shadow's trainer, each with the closest registry name (no victim trained, no shadow, no query)."""
+    from stealkit.experiment.config import load_config
+    from stealkit.userinput import UserError
+
+    shadow = {"victim": {"checkpoint": str(victim)}, "data": {"name": "synthetic", "split": "train", "limit": 64},
+              "config": {"arch": "resnet1", "epochs": 1}}
+    p = config(tmp_path, victim, attack={"name": "stolenencoder", "config": {"arch": "cnn_tin", "epochs": 1, "batch_size": 32}},
+               defence={"name": "poisoning", "epsilon": 1.0, "norm": "l2", "shadow": shadow})
+    raw = yaml.safe_load(p.read_text())
+    raw["victims"] = [raw.pop("victim"), {"label": "mine", "pretrain": {"arch": "resnet5O", "data": {"name": "synthetic"}, "epochs": 1}}]
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert "attack.config.arch: unknown architecture 'cnn_tin' (did you mean 'cnn_tiny'?)" in msg
+    assert "victim 'mine': pretrain.arch: unknown architecture 'resnet5O' (did you mean 'resnet50'?)" in msg
+    assert "shadow config.arch: unknown architecture 'resnet1' (did you mean 'resnet18'?)" in msg
+    # and a config whose names are all known passes the same check
+    ok = dict(shadow, config={"arch": "cnn_tiny", "epochs": 1})
+    load_config(config(tmp_path, victim, defence={"name": "poisoning", "epsilon": 1.0, "norm": "l2", "shadow": ok}))

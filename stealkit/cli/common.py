@@ -38,31 +38,12 @@ def fail(message: str) -> None:
 
 def check_arch(name: str, where: str = "arch") -> None:
     """Raise a UserError when `name` is neither a registry architecture nor torchvision:NAME / timm:NAME."""
-    import difflib
-
-    from stealkit.models.architectures import ARCHITECTURES, TIMM_PREFIX, TORCHVISION_PREFIX
+    from stealkit.models.architectures import arch_problem
     from stealkit.userinput import UserError
 
-    if not isinstance(name, str):
-        raise UserError(f"{where}: an architecture is a name, got {name!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
-    if name in ARCHITECTURES or name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
-        return
-    close = difflib.get_close_matches(name, list(ARCHITECTURES), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UserError(f"{where}: unknown architecture {name!r}{hint}; choose one of {', '.join(sorted(ARCHITECTURES))}, "
-                    f"or {TORCHVISION_PREFIX}NAME / {TIMM_PREFIX}NAME")
-
-
-def check_archs(cfg) -> None:
-    """Raise a UserError when a run config (an ExperimentConfig) names an unknown architecture, for a
-    victim to pre-train or in any row's attack: a typo fails before any work or query."""
-    for v in cfg.victim_list():
-        if v.pretrain is not None:
-            check_arch(v.pretrain.arch, "victim.pretrain.arch")
-    for i, row in enumerate(cfg.rows()):
-        arch = (row.attack.get("config") or {}).get("arch")
-        if arch is not None:
-            check_arch(arch, f"row {i + 1} ({row.label()}): attack.config.arch")
+    problem = arch_problem(name)
+    if problem:
+        raise UserError(f"{where}: {problem}")
 
 
 def print_results(results: dict) -> None:

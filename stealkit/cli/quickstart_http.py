@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stealkit.cli.common import check_archs, console, echo, fail, print_results
+from stealkit.cli.common import console, echo, fail, print_results
 
 ACCOUNT = "attacker"
 
@@ -89,7 +89,6 @@ def quickstart_over_http(config_path: str | Path, overrides: list[str] | None, r
     run_dir = Path(run_dir)
     try:
         cfg = load_config(config_path, overrides)
-        check_archs(cfg)
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         fail(f"bad config {config_path}: {exc}")
     if cfg.target is not None:

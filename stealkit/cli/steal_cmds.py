@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from stealkit.cli.app import app
-from stealkit.cli.common import apply_data_root, check_archs, console, echo, fail, packaged_config, print_results
+from stealkit.cli.common import apply_data_root, console, echo, fail, packaged_config, print_results
 
 
 def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root: Optional[str]):
@@ -23,7 +23,6 @@ def _run(config_path: Path, set_: list[str], run_dir: Optional[Path], data_root:
     apply_data_root(data_root)
     try:
         cfg = load_config(config_path, set_)
-        check_archs(cfg)
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         fail(f"bad config {config_path}: {exc}")
     if data_root:

@@ -12,6 +12,12 @@ from pydantic import ValidationError
 from stealkit.userinput import UserError, describe_with_fields
 
 
+def arch_problem(name) -> str | None:
+    from stealkit.models.architectures import arch_problem as problem  # torchvision: imported when a config is checked
+
+    return problem(name)
+
+
 def _attack_problem(row) -> tuple[str | None, object]:
     from stealkit.attacks.base import attack_class
 
@@ -37,6 +43,9 @@ def _defence_problem(spec: dict | None) -> str | None:
         from stealkit.experiment.shadows import shadow_problem
 
         problem = shadow_problem(shadow)
+        arch = (shadow.get("config") or {}).get("arch")
+        if not problem and arch is not None and arch_problem(arch):
+            problem = f"shadow config.arch: {arch_problem(arch)}"
         if problem:
             return f"defence {spec.get('name')!r}: {problem}"
         try:
@@ -67,7 +76,10 @@ def validate_config(cfg, check_files: bool = False) -> None:
     seen_defences: dict[str, str | None] = {}
     for i, row in enumerate(rows):
         found = []
+        arch = (row.attack.get("config") or {}).get("arch")
         problem, attack = _attack_problem(row)
+        if arch is not None and arch_problem(arch):  # before the attack's own check: the closest name is the help
+            problem = f"attack.config.arch: {arch_problem(arch)}"
         if problem:
             found.append(problem)
         key = repr(row.defence)
@@ -83,6 +95,10 @@ def validate_config(cfg, check_files: bool = False) -> None:
             row_problems.setdefault((row.label(), p), []).append(i + 1)
     problems = [f"{'row' if len(nums) == 1 else 'rows'} {', '.join(map(str, nums))} ({label}): {p}"
                 for (label, p), nums in row_problems.items()]
+    for v in cfg.victim_list():
+        if v.pretrain is not None and arch_problem(v.pretrain.arch):
+            name = f"victim {v.label!r}" if v.label else "victim"
+            problems.append(f"{name}: pretrain.arch: {arch_problem(v.pretrain.arch)}")
     for v in cfg.victim_list() if check_files else []:
         if v.checkpoint:
             from stealkit.models.checkpoint import _paths

@@ -175,14 +175,25 @@ def build_backbone(name: str, cifar_stem: bool = True) -> tuple[nn.Module, int]:
                 raise ValueError(f"{name}: the CIFAR stem is only for registry architectures ({', '.join(sorted(ARCHITECTURES))}); "
                                  "use cifar_stem=False (--no-cifar-stem)")
             return builder(name[len(prefix):])
-    if name not in ARCHITECTURES:
-        import difflib
-
-        close = difflib.get_close_matches(name, ARCHITECTURES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown architecture {name!r}{hint}; choose one of {sorted(ARCHITECTURES)}, "
-                         "or torchvision:NAME / timm:NAME")
+    problem = arch_problem(name)
+    if problem:
+        raise ValueError(problem)
     return ARCHITECTURES[name](cifar_stem)
+
+
+def arch_problem(name) -> str | None:
+    """None when `name` is a registry architecture or torchvision:NAME / timm:NAME, else what is wrong (with the
+    closest registry name): one message for configs, flags and builders."""
+    if not isinstance(name, str):
+        return f"an architecture is a name, got {name!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
+    if name in ARCHITECTURES or name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(name, list(ARCHITECTURES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"unknown architecture {name!r}{hint}; choose one of {', '.join(sorted(ARCHITECTURES))}, "
+            f"or {TORCHVISION_PREFIX}NAME / {TIMM_PREFIX}NAME")
 
 
 class _ConvBlock(nn.Sequential):
