@@ -460,7 +460,7 @@ def defence_tradeoff() -> str:
             adaptive.append(f"averaging: all {rep['repeats']} repeats got identical answers ({billed:,} queries), nothing to average")
         cost = r["cost_to_reach_undefended"]
         if cost["queries"] is None:
-            reach = f"not within {big:,}"
+            reach = f"not within {cost.get('largest_budget', big):,}"
         else:
             reach = f"{'≤ ' if cost['how'] == 'at most' else ''}{cost['queries']:,.0f} (${cost['dollars']:.2f})"
         g = r["goal"]
@@ -468,7 +468,8 @@ def defence_tradeoff() -> str:
             x for x in ([f"TA {g['ta_gap']:.2f} pt"] if g["ta_gap"] else []) + ([f"SA {g['sa_gap']:.2f} pt"] if g["sa_gap"] else []))
         name = f"**{r['label']}**" if r["pareto"] else r["label"]
         rows.append([name, f"{r['TA_honest']:.2f} ({g['ta_loss']:+.2f})",
-                     " / ".join(f"{r['SA'][f'thief-{b}']:.2f}" if f"thief-{b}" in r["SA"] else "—" for b in (small, big)),
+                     " / ".join(f"{r['SA'][f'thief-{b}']:.2f}" if f"thief-{b}" in r["SA"] else "—" for b in (small, big))
+                     + "".join(f"; {int(k[6:]):,}: {v:.2f}" for k, v in r["SA"].items() if k.startswith("thief-") and int(k[6:]) > big),
                      "; ".join(adaptive) or "—",
                      f"{r['SA_worst']:.2f} ({g['sa_gain']:+.2f})", reach, goal, r.get("paper") or "—"])
     lines = md_table(head, rows)
