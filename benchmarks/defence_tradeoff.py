@@ -11,6 +11,7 @@ For every setting of the config (a defence and its strength, or none) this scrip
      arXiv:2310.08571, Section 5);
    - "averaging": every image asked `repeats` times through one account, answers averaged;
    - "renormalise": the largest budget's paid answers, L2-normalised before training (against poisoning);
+   - "recentre": the same answers minus their mean, L2-normalised (against B4B's y = xA + B maps);
    - "diluting": the largest budget's images, each chunk followed by re-asks of earlier ones, so that the
      account's coverage rate stays low (against the coverage-rate defence); each image keeps its last answer;
 3. stops the server, trains every thief's stolen encoder (queries cached, training resumable), and reads
@@ -45,7 +46,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 HERE = Path(__file__).resolve().parent
-Adaptive = Literal["sybil", "averaging", "renormalise", "diluting"]
+Adaptive = Literal["sybil", "averaging", "renormalise", "recentre", "diluting"]
+OFFLINE = ("renormalise", "recentre")  # thieves that only transform the largest plain thief's paid answers
 
 
 class Strict(BaseModel):
@@ -160,7 +162,7 @@ def budgets_of(cfg: TradeoffConfig, setting: Setting) -> list[int]:
 
 def roles(cfg: TradeoffConfig, setting: Setting) -> list[str]:
     out = [f"thief-{b}" for b in budgets_of(cfg, setting)]
-    out += [a for a in setting.adaptive if a != "renormalise"]
+    out += [a for a in setting.adaptive if a not in OFFLINE]
     return out
 
 
@@ -241,17 +243,18 @@ def train_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, surrogates) -
 
     from stealkit.attacks.base import attack_class
     from stealkit.models.checkpoint import checkpoint_exists, load_encoder, save_encoder
-    from stealkit.targets.adaptive import OfflineTarget
+    from stealkit.targets.adaptive import OfflineTarget, recentred
 
     big = max(cfg.budgets)
     out = {}
-    wanted = roles(cfg, setting) + (["renormalise"] if "renormalise" in setting.adaptive else [])
+    wanted = roles(cfg, setting) + [a for a in setting.adaptive if a in OFFLINE]
     for role in wanted:
         work = sdir / role
-        if role == "renormalise" and not (work / "queries.safetensors").exists():
-            work.mkdir(parents=True, exist_ok=True)  # the largest plain thief's paid answers, each L2-normalised
+        if role in OFFLINE and not (work / "queries.safetensors").exists():
+            work.mkdir(parents=True, exist_ok=True)  # the largest plain thief's paid answers, transformed
             blob = load_file(str(sdir / f"thief-{big}" / "queries.safetensors"))
-            blob["features"] = F.normalize(blob["features"].float(), dim=1).contiguous()
+            how = (lambda f: F.normalize(f.float(), dim=1)) if role == "renormalise" else recentred
+            blob["features"] = how(blob["features"]).contiguous()
             save_file(blob, str(work / "queries.safetensors"))
         if checkpoint_exists(work / "stolen"):
             out[role] = load_encoder(work / "stolen")

@@ -438,7 +438,8 @@ def watermark() -> str:
     return "\n".join(lines)
 
 
-ROLE_NAMES = {"sybil": "sybil", "averaging": "averaging", "renormalise": "re-normalising", "diluting": "diluting"}
+ROLE_NAMES = {"sybil": "sybil", "averaging": "averaging", "renormalise": "re-normalising", "recentre": "re-centring",
+              "diluting": "diluting"}
 
 
 def defence_tradeoff() -> str:

@@ -3,6 +3,7 @@ cases, and the adaptive thieves' targets (averaging, re-normalising, offline) ag
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stealkit.experiment.tradeoff import goal_check, pareto_front, queries_to_reach
 from stealkit.targets.adaptive import AveragingTarget, NormalisingTarget, OfflineTarget
@@ -83,6 +84,26 @@ def test_normalising_and_offline_targets():
     assert off.feature_dim == 7
     with pytest.raises(RuntimeError, match="cached"):
         off.embed(imgs)
+
+
+def test_recentred_undoes_a_scaled_map_plus_shift_by_hand():
+    """Answers y = s·x + b: minus their mean they are s·(x - mean x), and normalised they are unit(x - mean x)."""
+    from stealkit.targets.adaptive import recentred
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])  # mean (1, 1): centred rows (0,-1), (-1,0), (1,1)
+    y = 4.0 * x + torch.tensor([10.0, -3.0])
+    expected = torch.tensor([[0.0, -1.0], [-1.0, 0.0], [2 ** -0.5, 2 ** -0.5]])
+    assert torch.allclose(recentred(y), expected, atol=1e-6)
+    # B4B's maps (A, B with i.i.d. U(-1,1) entries, D = 512): centring removes B exactly, leaving unit((x - x̄)A),
+    # a linear image of the victim's centred features; without it the shared shift B pulls every pair of answers
+    # together (independent random features: mean cosine 0.47 with B, -1/(N-1) on average once centred)
+    g = torch.Generator().manual_seed(0)
+    f = F.normalize(torch.randn(64, 512, generator=g), dim=1)
+    a, b = torch.rand(512, 512, generator=g) * 2 - 1, torch.rand(512, generator=g) * 2 - 1
+    assert torch.allclose(recentred(f @ a + b), F.normalize((f - f.mean(0)) @ a, dim=1), atol=1e-5)
+    off = ~torch.eye(64, dtype=torch.bool)
+    plain, centred = F.normalize(f @ a + b, dim=1), recentred(f @ a + b)
+    assert (plain @ plain.T)[off].mean() > 0.4 and abs(float((centred @ centred.T)[off].mean())) < 0.05
 
 
 class Counter(Target):

@@ -7,6 +7,9 @@ StolenEncoder's poisoning, Liu et al., CCS 2022, arXiv:2201.05889, Section VII):
   Against noise drawn afresh per call this divides the noise's std by √repeats; it bills repeats·N queries.
 - `NormalisingTarget`: L2-normalise every answer (against a defence that changes the answer's length).
 - `OfflineTarget`: the answers were paid for and cached earlier; asking it anything is a bug.
+- `recentred`: answers minus their mean over the thief's own queries, L2-normalised (against B4B's per-account
+  maps y = xA + B: the mean removes B exactly, which otherwise dominates every answer, and what remains,
+  (x - x̄)A, is a linear image of the victim's centred features that a stolen encoder can learn).
 
 Shapes: images uint8 N×3×H×W -> float32 N×D.
 """
@@ -123,3 +126,9 @@ def diluted_queries(target: Target, images: torch.Tensor, repeats_per_new: float
                 last[sub] = step
                 asks[sub] += 1
     return (answers if answers is not None else torch.zeros(0, target.feature_dim)), target.queries - before
+
+
+def recentred(features: torch.Tensor) -> torch.Tensor:
+    """N×D answers -> N×D: each minus the mean answer of the N, then L2-normalised (no query)."""
+    f = features.float()
+    return F.normalize(f - f.mean(dim=0, keepdim=True), dim=1)
