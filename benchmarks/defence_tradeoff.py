@@ -38,15 +38,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HERE = Path(__file__).resolve().parent
-Adaptive = Literal["sybil", "averaging", "renormalise", "recentre", "diluting"]
+ADAPTIVE = ("sybil", "averaging", "renormalise", "recentre", "diluting")  # and "diluting-N": N re-asks per new image
 OFFLINE = ("renormalise", "recentre")  # thieves that only transform the largest plain thief's paid answers
 
 
@@ -58,7 +57,16 @@ class Setting(Strict):
     label: str
     family: str = "none"  # the curve it belongs to in the plot
     defence: dict | None = None  # a defence spec as `stealkit serve --defence NAME --defence-arg K=V` takes it
-    adaptive: list[Adaptive] = []
+    adaptive: list[str] = []
+
+    @field_validator("adaptive")
+    @classmethod
+    def _known(cls, roles: list[str]) -> list[str]:
+        bad = [r for r in roles if r not in ADAPTIVE and not re.fullmatch(r"diluting-\d+(\.\d+)?", r)]
+        if bad:
+            raise ValueError(f"unknown adaptive thief {bad[0]!r}: choose from {', '.join(ADAPTIVE)} or diluting-N "
+                             f"(N near-duplicates re-asked per new image)")
+        return roles
     budgets: list[int] | None = None  # the plain thieves' budgets here (None: the config's largest only); may go beyond the config's, to price a defence
     paper: str | None = None  # the paper's TA / SA beside it, when the setting is a paper's
 
@@ -180,7 +188,8 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
     if not todo_honest and not todo:
         return
     ledger = sdir / "ledger.sqlite"
-    names = ["honest"] + [f"thief-{b}" for b in budgets_of(cfg, setting)] + [f"sybil-{j}" for j in range(cfg.sybil["accounts"])] + ["averager", "diluter"]
+    names = ["honest"] + [f"thief-{b}" for b in budgets_of(cfg, setting)] + [f"sybil-{j}" for j in range(cfg.sybil["accounts"])]
+    names += ["averager", "diluter"] + [diluter_account(r) for r in setting.adaptive if r.startswith("diluting-")]
     keys = account_keys(ledger, names, sdir / "keys.json")
     big = max(cfg.budgets)
 
@@ -216,16 +225,29 @@ def query_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, honest_sets, 
                 spread = max(float((e - each[0]).abs().max()) for e in each)
                 (work / "repeats.json").write_text(json.dumps({"max_abs_difference_between_repeats": spread,
                                                                "repeats": len(reps), "cached_reads": sum(r.cache_hits for r in reps)}))
-            elif role == "diluting":  # repeats must reach the server: no answer cache (a crash here pays again)
-                target = RemoteTarget(url, keys["diluter"])
+            elif role.startswith("diluting"):  # repeats must reach the server: no answer cache (a crash here pays again)
+                target = RemoteTarget(url, keys[diluter_account(role)])
                 imgs = surrogates[big].images.contiguous()
-                feats, billed = diluted_queries(target, imgs, **cfg.diluting)
+                feats, billed = diluted_queries(target, imgs, **diluting_config(cfg, role))
                 tmp = work / "queries.safetensors.tmp"  # the attack's query cache: it trains on these answers
                 save_file({"images": imgs, "features": feats.contiguous(), "billed": torch.tensor([billed])}, str(tmp))
                 os.replace(tmp, work / "queries.safetensors")
             (work / "answers.done").write_text(str(time.perf_counter() - t0))
             log(f"{setting.label}: {role}'s answers in {time.perf_counter() - t0:.0f} s")
     (sdir / "accounts.json").write_text(json.dumps(ledger_accounts(ledger), indent=2))
+
+
+def diluter_account(role: str) -> str:
+    """"diluting" -> "diluter" (the config's diluter), "diluting-3" -> "diluter-3"."""
+    return "diluter" + role[len("diluting"):]
+
+
+def diluting_config(cfg: TradeoffConfig, role: str) -> dict:
+    """diluted_queries' settings of a diluting role: the config's, with "diluting-N"'s N re-asks per new image."""
+    out = dict(cfg.diluting)
+    if role != "diluting":
+        out["repeats_per_new"] = float(role.split("-", 1)[1])
+    return out
 
 
 def sybil_config(cfg: TradeoffConfig) -> dict:

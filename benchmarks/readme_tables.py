@@ -442,6 +442,14 @@ ROLE_NAMES = {"sybil": "sybil", "averaging": "averaging", "renormalise": "re-nor
               "diluting": "diluting"}
 
 
+def role_name(role: str, cfg: dict) -> str:
+    """An adaptive thief's name in the table: "diluting-3" -> "diluting ×3" (its re-asks per new image)."""
+    if role.startswith("diluting"):
+        n = role.split("-", 1)[1] if "-" in role else cfg["diluting"]["repeats_per_new"]
+        return f"diluting ×{float(n):g}"
+    return ROLE_NAMES[role]
+
+
 def defence_tradeoff() -> str:
     """Every defence through the served API (benchmarks/defence_tradeoff.py): TA-honest on the full GTSRB test
     split, SA of the plain and adaptive thieves, what reaching the undefended SA costs, the goal's bar."""
@@ -454,7 +462,7 @@ def defence_tradeoff() -> str:
             "worst SA (over baseline)", f"queries to reach {d['undefended_SA_target']:.2f} SA ($)", "goal", "paper TA / SA"]
     rows = []
     for r in d["rows"]:
-        adaptive = [f"{ROLE_NAMES[k]} {v:.2f} ({r['queries'][k]:,})" for k, v in r["SA"].items() if k in ROLE_NAMES]
+        adaptive = [f"{role_name(k, d['config'])} {v:.2f} ({r['queries'][k]:,})" for k, v in r["SA"].items() if not k.startswith("thief-")]
         rep = r.get("averaging_repeats")
         if rep and "averaging" not in r["SA"]:
             billed = r["accounts"].get("averager", {}).get("billed", 0)

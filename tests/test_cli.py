@@ -112,3 +112,11 @@ def test_tradeoff_configs_parse(path):
         d.pop("rate_reference", None)  # a file the calibration writes before the run
         assert defence_class(d["name"]) is not None
         assert resolved_settings(d)["name"] == d["name"], s.label
+    # adaptive thieves: the named ones and "diluting-N" (N re-asks per new image); a typo fails at load
+    setting = {"label": "x", "defence": {"name": "noise", "sigma": 0.1}}
+    assert mod.Setting(**setting, adaptive=["sybil", "diluting-3", "diluting-1.5"]).adaptive[1] == "diluting-3"
+    assert mod.diluting_config(cfg, "diluting-3")["repeats_per_new"] == 3.0 and mod.diluter_account("diluting-3") == "diluter-3"
+    assert mod.diluting_config(cfg, "diluting") == cfg.diluting and mod.diluter_account("diluting") == "diluter"
+    for bad in ("sybils", "diluting-", "diluting-x"):
+        with pytest.raises(ValueError, match="unknown adaptive thief"):
+            mod.Setting(**setting, adaptive=[bad])
