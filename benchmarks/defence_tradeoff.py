@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HERE = Path(__file__).resolve().parent
 ADAPTIVE = ("sybil", "averaging", "renormalise", "recentre", "diluting")  # and "diluting-N": N re-asks per new image
+# ROLE+fc: ROLE's paid answers again, the stolen encoder with a Linear layer on its pooled features (no new query)
 OFFLINE = ("renormalise", "recentre")  # thieves that only transform the largest plain thief's paid answers
 
 
@@ -62,7 +64,8 @@ class Setting(Strict):
     @field_validator("adaptive")
     @classmethod
     def _known(cls, roles: list[str]) -> list[str]:
-        bad = [r for r in roles if r not in ADAPTIVE and not re.fullmatch(r"diluting-\d+(\.\d+)?", r)]
+        bad = [r for r in roles if r.removesuffix("+fc") not in ADAPTIVE + ("thief",)
+               and not re.fullmatch(r"diluting-\d+(\.\d+)?", r.removesuffix("+fc"))]
         if bad:
             raise ValueError(f"unknown adaptive thief {bad[0]!r}: choose from {', '.join(ADAPTIVE)} or diluting-N "
                              f"(N near-duplicates re-asked per new image)")
@@ -170,7 +173,7 @@ def budgets_of(cfg: TradeoffConfig, setting: Setting) -> list[int]:
 
 def roles(cfg: TradeoffConfig, setting: Setting) -> list[str]:
     out = [f"thief-{b}" for b in budgets_of(cfg, setting)]
-    out += [a for a in setting.adaptive if a not in OFFLINE]
+    out += [a for a in setting.adaptive if a not in OFFLINE and not a.endswith("+fc")]
     return out
 
 
@@ -269,9 +272,13 @@ def train_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, surrogates) -
 
     big = max(cfg.budgets)
     out = {}
-    wanted = roles(cfg, setting) + [a for a in setting.adaptive if a in OFFLINE]
+    wanted = roles(cfg, setting) + [a for a in setting.adaptive if a in OFFLINE or a.endswith("+fc")]
     for role in wanted:
         work = sdir / role
+        if role.endswith("+fc") and not (work / "queries.safetensors").exists():
+            base = role.removesuffix("+fc")  # "thief": the largest plain thief
+            work.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sdir / (f"thief-{big}" if base == "thief" else base) / "queries.safetensors", work / "queries.safetensors")
         if role in OFFLINE and not (work / "queries.safetensors").exists():
             work.mkdir(parents=True, exist_ok=True)  # the largest plain thief's paid answers, transformed
             blob = load_file(str(sdir / f"thief-{big}" / "queries.safetensors"))
@@ -291,7 +298,8 @@ def train_phase(cfg: TradeoffConfig, setting: Setting, sdir: Path, surrogates) -
             target = [OfflineTarget(512) for _ in range(cfg.sybil["accounts"])]
         else:
             b = int(role.split("-")[1]) if role.startswith("thief-") else big
-            attack, surrogate, target = attack_class("stolenencoder")(dict(cfg.attacker)), surrogates[b], OfflineTarget(512)
+            conf = dict(cfg.attacker, **({"fc": True} if role.endswith("+fc") else {}))
+            attack, surrogate, target = attack_class("stolenencoder")(conf), surrogates[b], OfflineTarget(512)
         result = attack.steal(target, surrogate, device="cpu", workdir=work, progress=False)
         save_encoder(result.encoder, work / "stolen", role=role, setting=setting.label, queries=result.queries)
         (work / "train.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "queries": result.queries}))

@@ -444,6 +444,9 @@ ROLE_NAMES = {"sybil": "sybil", "averaging": "averaging", "renormalise": "re-nor
 
 def role_name(role: str, cfg: dict) -> str:
     """An adaptive thief's name in the table: "diluting-3" -> "diluting ×3" (its re-asks per new image)."""
+    if role.endswith("+fc"):  # the same paid answers, the stolen encoder with a linear head
+        base = role.removesuffix("+fc")
+        return ("plain thief" if base == "thief" else role_name(base, cfg)) + " + linear head"
     if role.startswith("diluting"):
         n = role.split("-", 1)[1] if "-" in role else cfg["diluting"]["repeats_per_new"]
         return f"diluting ×{float(n):g}"
@@ -471,7 +474,8 @@ def defence_tradeoff() -> str:
         if cost["queries"] is None:
             reach = f"not within {cost.get('largest_budget', big):,}"
         else:
-            reach = f"{'≤ ' if cost['how'] == 'at most' else ''}{cost['queries']:,.0f} (${cost['dollars']:.2f})"
+            mark = {"at most": "≤ ", "interpolated": "≈ "}.get(cost["how"], "")  # ≈: linear between two measured budgets
+            reach = f"{mark}{cost['queries']:,.0f} (${cost['dollars']:.2f})"
         g = r["goal"]
         goal = "**met**" if g["met"] else "gap " + ", ".join(
             x for x in ([f"TA {g['ta_gap']:.2f} pt"] if g["ta_gap"] else []) + ([f"SA {g['sa_gap']:.2f} pt"] if g["sa_gap"] else []))
@@ -482,6 +486,7 @@ def defence_tradeoff() -> str:
                      "; ".join(adaptive) or "—",
                      f"{r['SA_worst']:.2f} ({g['sa_gain']:+.2f})", reach, goal, r.get("paper") or "—"])
     lines = md_table(head, rows)
+    beyond = any(k.startswith("thief-") and int(k[6:]) > big for r in d["rows"] for k in r["SA"])
     seeds = ref["TA_clean_normalised_by_seed"]
     cfg = d["config"]
     lines += ["", f"Bold: on the Pareto frontier (TA-honest against the worst thief's SA). TA-honest: the honest account's "
@@ -490,7 +495,10 @@ def defence_tradeoff() -> str:
               f"({', '.join(f'{v:.2f}' for v in seeds.values())}), the undefended row {base['TA_honest']:.2f}. SA: the stolen "
               f"encoder's probe on the same training images and {cfg['sa_test_limit']:,} of the test images. Baseline: the "
               f"pre-training encoder (no query) {ref['baseline_SA']:.2f}; goal: TA loss ≤ {cfg['goal']['max_ta_loss']:g} and "
-              f"worst SA ≤ baseline + {cfg['goal']['max_sa_gain']:g}. Price ${cfg['price_per_1000']:g} per 1,000 queries. "
+              f"worst SA ≤ baseline + {cfg['goal']['max_sa_gain']:g}. Queries to reach: ≤ the smallest measured budget that "
+              f"reaches it, ≈ linear between the two budgets around it"
+              + (f"; a thief beyond {big:,} queries (after the SA column's ';') only prices the defence, the goal's "
+                 f"worst thief stays within {big:,}" if beyond else "") + f". Price ${cfg['price_per_1000']:g} per 1,000 queries. "
               + probe_note(d) + " " + run_line(d, src)]
     return "\n".join(lines)
 

@@ -157,3 +157,22 @@ def test_diluted_queries_with_nudged_near_duplicates():
     # chunk 0: 0, 1 as they are; chunk 1: 2, 3, then 4 re-asks of {0, 1} cycling: 0, 1 (nudged by 1), 0, 1 (by 2)
     assert billed == 8
     assert seen == [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+
+
+def test_linear_head_lets_a_stolen_encoder_reach_answers_a_relu_encoder_cannot():
+    """A ReLU-pooled encoder outputs non-negative vectors: against all-negative answers (the image of a defence's
+    rotation, at its extreme) its cosine with every answer is ≤ 0 by construction; `fc: true` adds a Linear layer
+    on the pooled features and the same training then points the outputs toward the answers."""
+    from stealkit.attacks.trainer import train_stolen_encoder
+    from stealkit.models.encoder import embed
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=g)
+    answers = -F.normalize(torch.rand(64, 64, generator=g), dim=1)  # every entry negative
+    conf = {"arch": "cnn_tiny", "epochs": 15, "batch_size": 32, "lr": 0.01, "amp": False, "augment": "none"}
+    plain, _ = train_stolen_encoder(images, answers, conf, device="cpu", progress=False)
+    head, _ = train_stolen_encoder(images, answers, {**conf, "fc": True}, device="cpu", progress=False)
+    assert isinstance(head.head, torch.nn.Linear) and isinstance(plain.head, torch.nn.Identity)
+    out_plain, out_head = embed(plain, images), embed(head, images)  # eval mode, as the probe reads them
+    assert (out_plain >= 0).all() and (F.cosine_similarity(out_plain, answers) <= 1e-6).all()
+    assert F.cosine_similarity(out_head, answers).mean() > 0.5

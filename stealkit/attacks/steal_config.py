@@ -49,8 +49,11 @@ class StealConfig(TrainConfig):
     normalize: bool = True
     reduction: Literal["mean", "sum"] = "sum"
     query_aug: bool = False
+    # a Linear layer on the pooled features even when the widths agree: answers a ReLU encoder cannot output
+    # (negative entries, e.g. a defence's per-account rotation) become reachable; the paper's encoder has none
+    fc: bool = False
 
     def describe(self) -> str:
         norm = "normalised " if self.normalize else ""
         return (f"{super().describe()}; λ={self.lam:g}, {norm}{self.distance} {self.reduction}"
-                + (", query-aug" if self.query_aug else ""))
+                + (", query-aug" if self.query_aug else "") + (", linear head" if self.fc else ""))
