@@ -31,7 +31,7 @@ def main() -> None:
     base = next(r for r in rows if not r["defence"])
     goal = d["config"]["goal"]
     ref_sa = d["reference"]["baseline_SA"]
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     ax.fill_between([base["TA_honest"] - goal["max_ta_loss"], base["TA_honest"] + 3], 0, ref_sa + goal["max_sa_gain"],
                     color="tab:green", alpha=0.12, label=f"goal: ≤{goal['max_ta_loss']:g} pt honest loss, ≤{goal['max_sa_gain']:g} pt over baseline")
     ax.axhline(ref_sa, color="grey", ls=":", lw=1, label=f"no-query baseline (pre-training encoder) {ref_sa:.1f}")
@@ -53,7 +53,7 @@ def main() -> None:
     ax.set_ylabel("thief's SA on GTSRB (%)")
     ax.set_title(f"Defences on the shared CIFAR-10 ResNet18, through stealkit serve\n"
                  f"filled: the worst thief of a setting; hollow: the plain {big:,}-query StolenEncoder", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the points fill the axes
     ax.grid(alpha=0.3)
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
