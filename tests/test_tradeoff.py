@@ -176,3 +176,20 @@ def test_linear_head_lets_a_stolen_encoder_reach_answers_a_relu_encoder_cannot()
     out_plain, out_head = embed(plain, images), embed(head, images)  # eval mode, as the probe reads them
     assert (out_plain >= 0).all() and (F.cosine_similarity(out_plain, answers) <= 1e-6).all()
     assert F.cosine_similarity(out_head, answers).mean() > 0.5
+
+
+def test_procrustes_cosines_undo_a_rotation_and_not_noise():
+    """benchmarks/answers_vs_clean.py: rotated answers read 1.0; answers with noise of the signal's own size read
+    about 1/sqrt(2) (signal and noise of equal norm, independent), rotated or not."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("answers_vs_clean", Path(__file__).parent.parent / "benchmarks" / "answers_vs_clean.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = torch.Generator().manual_seed(0)
+    clean = F.normalize(torch.randn(2000, 16, generator=g), dim=1)
+    rot, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    assert torch.allclose(mod.procrustes_cosines(clean, clean @ rot), torch.ones(2000), atol=1e-5)
+    noisy = clean @ rot + F.normalize(torch.randn(2000, 16, generator=g), dim=1)
+    assert abs(float(mod.procrustes_cosines(clean, noisy).mean()) - 2 ** -0.5) < 0.03

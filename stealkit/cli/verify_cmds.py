@@ -91,7 +91,7 @@ def verify_cmd(
     if bad:
         fail(f"--test {bad[0]!r}: choose dataset-inference, alignment or watermark")
     tests = tuple(names[t] for t in only if names[t]) if only else ("dataset_inference", "alignment")
-    needed = (("suspect", suspect), ("victim", victim), ("public", public)) + ((("private", private),) if tests else ())
+    needed = (("suspect", suspect), ("victim", victim), ("private", private if tests else ""), ("public", public))
     missing = [f"--{n}" for n, v in needed if v is None]  # the watermark alone reads no private image
     if missing:
         fail(f"stealkit verify needs {', '.join(missing)} (or a subcommand: dataset-inference, watermark, embed-watermark)")
