@@ -59,7 +59,9 @@ class Setting(Strict):
     label: str
     family: str = "none"  # the curve it belongs to in the plot
     defence: dict | None = None  # a defence spec as `stealkit serve --defence NAME --defence-arg K=V` takes it
-    adaptive: list[str] = []
+    adaptive: list[str] = []  # ADAPTIVE's names, "diluting-N", and any of them (or "thief") with "+fc"
+    budgets: list[int] | None = None  # the plain thieves' budgets here (None: the config's largest only); may go beyond the config's, to price a defence
+    paper: str | None = None  # the paper's TA / SA beside it, when the setting is a paper's
 
     @field_validator("adaptive")
     @classmethod
@@ -70,8 +72,6 @@ class Setting(Strict):
             raise ValueError(f"unknown adaptive thief {bad[0]!r}: choose from {', '.join(ADAPTIVE)} or diluting-N "
                              f"(N near-duplicates re-asked per new image)")
         return roles
-    budgets: list[int] | None = None  # the plain thieves' budgets here (None: the config's largest only); may go beyond the config's, to price a defence
-    paper: str | None = None  # the paper's TA / SA beside it, when the setting is a paper's
 
 
 class TradeoffConfig(Strict):

@@ -44,8 +44,8 @@ def _defence_problem(spec: dict | None) -> str | None:
 
         problem = shadow_problem(shadow)
         arch = (shadow.get("config") or {}).get("arch")
-        if not problem and arch is not None and arch_problem(arch):
-            problem = f"shadow config.arch: {arch_problem(arch)}"
+        if not problem and arch is not None and (wrong := arch_problem(arch)):
+            problem = f"shadow config.arch: {wrong}"
         if problem:
             return f"defence {spec.get('name')!r}: {problem}"
         try:
@@ -78,8 +78,8 @@ def validate_config(cfg, check_files: bool = False) -> None:
         found = []
         arch = (row.attack.get("config") or {}).get("arch")
         problem, attack = _attack_problem(row)
-        if arch is not None and arch_problem(arch):  # before the attack's own check: the closest name is the help
-            problem = f"attack.config.arch: {arch_problem(arch)}"
+        if arch is not None and (wrong := arch_problem(arch)):  # before the attack's own check: the closest name is the help
+            problem = f"attack.config.arch: {wrong}"
         if problem:
             found.append(problem)
         key = repr(row.defence)
@@ -96,9 +96,9 @@ def validate_config(cfg, check_files: bool = False) -> None:
     problems = [f"{'row' if len(nums) == 1 else 'rows'} {', '.join(map(str, nums))} ({label}): {p}"
                 for (label, p), nums in row_problems.items()]
     for v in cfg.victim_list():
-        if v.pretrain is not None and arch_problem(v.pretrain.arch):
+        if v.pretrain is not None and (wrong := arch_problem(v.pretrain.arch)):
             name = f"victim {v.label!r}" if v.label else "victim"
-            problems.append(f"{name}: pretrain.arch: {arch_problem(v.pretrain.arch)}")
+            problems.append(f"{name}: pretrain.arch: {wrong}")
     for v in cfg.victim_list() if check_files else []:
         if v.checkpoint:
             from stealkit.models.checkpoint import _paths
